@@ -1,0 +1,216 @@
+"""Assemble preference data from config: sources -> held-out split -> (anti-sycophancy) -> tokens."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Sampler
+
+from syco.core.packing import pack_rows
+from syco.data.beliefs import anti_sycophancy_pairs, load_items, probe_pairs, split_items
+from syco.data.chat import ChatFormatter
+from syco.data.pairs import KINDS, BadRowError, BadRows, PreferencePair, is_heldout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreferenceSplits:
+    train: list[PreferencePair]
+    val: list[PreferencePair]  # held-out pairs of the training sources
+    probe: list[PreferencePair]  # held-out misconceptions: truthful correction vs agreement
+    bad_rows: BadRows
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, pairs in (("train", self.train), ("val", self.val), ("probe", self.probe)):
+            for p in pairs:
+                out[f"{name}/{p.kind}"] = out.get(f"{name}/{p.kind}", 0) + 1
+        return out
+
+
+def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, Any], seed: int = 0) -> PreferenceSplits:
+    bad_rows = BadRows(data_cfg.get("on_bad_row", "error"))
+    fraction = float(data_cfg.get("heldout_fraction", 0.2))
+    split_seed = int(data_cfg.get("split_seed", 0))
+    sources = data_cfg.get("sources") or {}
+    if not sources:
+        raise ValueError("data.sources is empty: nothing to train on")
+    train: list[PreferencePair] = []
+    val: list[PreferencePair] = []
+    for name, src in sources.items():
+        if src is None:
+            continue
+        loader = instantiate(src)
+        pairs = loader(bad_rows=bad_rows, seed=seed)
+        if not pairs:
+            raise ValueError(f"data source {name!r} produced no pairs")
+        n_val = len(val)
+        for pair in pairs:
+            (val if is_heldout(pair.group, fraction, split_seed) else train).append(pair)
+        log.info("source %s: %d pairs, %d held out", name, len(pairs), len(val) - n_val)
+    rng = random.Random(seed)
+    max_train = data_cfg.get("max_train_pairs")
+    if max_train is not None and len(train) > max_train:
+        train = rng.sample(train, int(max_train))
+    max_val = data_cfg.get("max_val_pairs")
+    if max_val is not None and len(val) > max_val:
+        val = random.Random(split_seed).sample(val, int(max_val))
+    # anti-sycophancy pairs are a training intervention; keep them out of validation so that every
+    # PM variant is measured on the same held-out pairs
+    val = [p for p in val if p.kind != "anti_sycophancy"]
+
+    anti = pm_cfg.get("anti_sycophancy") or {}
+    ratio = float(anti.get("ratio") or 0.0)
+    if ratio > 0:
+        items = load_items(anti.get("facts"), anti.get("misconceptions"), bad_rows)
+        items = split_items(items, fraction, split_seed, heldout=False)
+        extra = anti_sycophancy_pairs(items, round(ratio * len(train)), seed=seed)
+        log.info("pm=%s: adding %d anti-sycophancy pairs (ratio %.2f)", pm_cfg.get("variant"), len(extra), ratio)
+        train = train + extra
+
+    probe_cfg = data_cfg.get("probe") or {}
+    probe: list[PreferencePair] = []
+    if probe_cfg.get("misconceptions"):
+        items = load_items(None, probe_cfg["misconceptions"], bad_rows)
+        items = split_items(items, fraction, split_seed, heldout=True)
+        probe = probe_pairs(items, templates=int(probe_cfg.get("templates", 3)))
+    if not train:
+        raise ValueError("no training pairs left after the held-out split")
+    bad_rows.log_summary()
+    return PreferenceSplits(train, val, probe, bad_rows)
+
+
+# --- tokens -----------------------------------------------------------------------------------
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float
+    kind: int  # index into KINDS
+
+    @property
+    def packed_length(self) -> int:
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    @property
+    def unpacked_tokens(self) -> int:
+        """Tokens of the two full sequences (prompt + chosen, prompt + rejected), as a reward
+        trainer without prompt sharing would process them."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], formatter: ChatFormatter, max_length: int,
+                 bad_rows: BadRows) -> list[EncodedPair]:
+    """Tokenize; a prompt longer than max_length is a bad row; responses are cut to fit (and counted)."""
+    out = []
+    cache: dict[tuple, list[int]] = {}
+    for pair in pairs:
+        key = tuple((m["role"], m["content"]) for m in pair.prompt)
+        if key not in cache:
+            cache[key] = formatter.prompt_ids(list(pair.prompt))
+        prompt_ids = cache[key]
+        room = max_length - len(prompt_ids)
+        if room < 2:
+            bad_rows.handle(BadRowError(pair.source, "prompt",
+                                        f"prompt is {len(prompt_ids)} tokens, longer than max_length={max_length}"))
+            continue
+        chosen, rejected = formatter.responses_ids([pair.chosen, pair.rejected])
+        if len(chosen) > room or len(rejected) > room:
+            bad_rows.note(f"responses truncated to max_length={max_length}")
+        out.append(EncodedPair(prompt_ids, chosen[:room], rejected[:room], pair.margin, KINDS.index(pair.kind)))
+    return out
+
+
+def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    packed = pack_rows([(e.prompt_ids, [e.chosen_ids, e.rejected_ids]) for e in batch], pad_token_id, padding_side)
+    return {
+        "packed": packed,
+        "margin": torch.tensor([e.margin for e in batch], dtype=torch.float32),
+        "kind": torch.tensor([e.kind for e in batch], dtype=torch.long),
+        "unpacked_tokens": torch.tensor(sum(e.unpacked_tokens for e in batch)),
+    }
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Random order, but batches drawn from sorted mega-batches so that similar lengths meet:
+    less padding, same data in expectation (as transformers' group_by_length)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = batch_size * mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        batches = []
+        for start in range(0, len(order), self.mega):
+            chunk = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        for b in perm:
+            yield from batches[b]
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    def __init__(self, splits: PreferenceSplits, formatter: ChatFormatter, max_length: int, batch_size: int = 8,
+                 eval_batch_size: int = 16, num_workers: int = 0, group_by_length: bool = True, seed: int = 0):
+        super().__init__()
+        self.splits = splits
+        self.formatter = formatter
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.train: list[EncodedPair] = []
+        self.val: list[EncodedPair] = []
+        self.probe: list[EncodedPair] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train or self.val:
+            return
+        bad = self.splits.bad_rows
+        self.train = encode_pairs(self.splits.train, self.formatter, self.max_length, bad)
+        self.val = encode_pairs(self.splits.val, self.formatter, self.max_length, bad)
+        self.probe = encode_pairs(self.splits.probe, self.formatter, self.max_length, bad)
+        bad.log_summary()
+        if not self.train:
+            raise ValueError("every training pair was dropped while tokenizing (see the skipped-row log)")
+
+    def _collate(self, batch: Sequence[EncodedPair]) -> dict[str, Any]:
+        return collate_pairs(batch, self.formatter.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = (LengthGroupedSampler([e.packed_length for e in self.train], self.batch_size, self.seed)
+                   if self.group_by_length else None)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
+                          collate_fn=self._collate, num_workers=self.num_workers, drop_last=False)
+
+    def _eval_loader(self, data: list[EncodedPair]) -> DataLoader:
+        # sorted by length: fewer pad tokens, same metrics
+        order = sorted(data, key=lambda e: e.packed_length)
+        return DataLoader(order, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
+                          num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        # one loader: the module tells held-out pairs from probe pairs by their kind
+        return self._eval_loader(self.val + self.probe)

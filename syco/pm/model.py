@@ -1,0 +1,261 @@
+"""The preference model: a causal LM backbone with LoRA and a scalar head, plus its scoring API.
+
+`PreferenceModel.create` builds a trainable PM; `save` exports a folder (peft adapter holding the
+LoRA weights and the head, tokenizer, `syco_pm.json`); `load` turns that folder back into a PM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from syco.core.packing import PackedBatch, pack_rows
+from syco.data.chat import ChatFormatter, Message, Prompt, as_messages
+from syco.models.backbone import load_causal_lm, load_tokenizer
+from syco.models.lora import REWARD_HEAD, apply_lora, attach_reward_head
+
+FORMAT = "syco-pm/1"
+META_FILE = "syco_pm.json"
+
+
+class PreferenceModel(torch.nn.Module):
+    def __init__(
+        self,
+        lm: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        model_cfg: Mapping[str, Any],
+        max_length: int,
+        scoring_prefix: Sequence[Message] | None = None,
+        reward_mean: float = 0.0,
+        reward_std: float = 1.0,
+        info: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.model_cfg = dict(model_cfg)
+        self.max_length = int(max_length)
+        self.formatter = ChatFormatter(tokenizer, prefix=scoring_prefix)
+        self.reward_mean = float(reward_mean)
+        self.reward_std = float(reward_std)
+        self.info = dict(info or {})
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        model_cfg: Mapping[str, Any],
+        max_length: int,
+        cache_dir: Path | None = None,
+        seed: int = 0,
+        scoring_prefix: Sequence[Message] | None = None,
+    ) -> PreferenceModel:
+        tokenizer = load_tokenizer(model_cfg, cache_dir)
+        base = load_causal_lm(model_cfg, cache_dir)
+        attach_reward_head(base, seed=seed)
+        lm = apply_lora(base, model_cfg.get("lora") or {})
+        if model_cfg.get("gradient_checkpointing"):
+            # non-reentrant: works with LoRA (frozen inputs) and with DDP
+            lm.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(lm, tokenizer, model_cfg, max_length, scoring_prefix)
+
+    @property
+    def base(self) -> torch.nn.Module:
+        return self.lm.get_base_model()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    # forward ------------------------------------------------------------------------------------
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """Rewards [batch, responses] read at each response's last token (NaN where absent)."""
+        base = self.base
+        decoder = getattr(base, base.base_model_prefix)
+        hidden = decoder(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask(),
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        index = batch.last_index.clamp(min=0)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        last = hidden[rows, index]  # [batch, responses, hidden]
+        head = getattr(base, REWARD_HEAD)
+        rewards = head(last.float()).squeeze(-1)
+        return rewards.masked_fill(batch.last_index < 0, float("nan"))
+
+    # scoring API --------------------------------------------------------------------------------
+    def with_prefix(self, prefix: Sequence[Message] | None) -> PreferenceModel:
+        """The same weights scoring every dialogue behind a prefix (the paper's prompted non-sycophantic PM)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.formatter = ChatFormatter(self.tokenizer, prefix=prefix)
+        return clone
+
+    def encode_response(self, prompt_ids: Sequence[int], response: str) -> list[int]:
+        return self.truncate(prompt_ids, self.formatter.response_ids(response))
+
+    def truncate(self, prompt_ids: Sequence[int], response_ids: list[int], where: str = "") -> list[int]:
+        room = self.max_length - len(prompt_ids)
+        if room < 1:
+            raise ValueError(
+                f"{where or 'prompt'}: prompt has {len(prompt_ids)} tokens, no room for a response "
+                f"within max_length={self.max_length}"
+            )
+        return response_ids[:room]
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str],
+        batch_size: int = 16,
+        max_row_tokens: int | None = None,
+        padding_side: str = "right",
+        normalize: bool = False,
+    ) -> list[float]:
+        """One reward per (prompt, response). Responses that share a prompt are packed behind one
+        copy of it, so the prompt is computed once; the result equals scoring each pair alone."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        for i, r in enumerate(responses):
+            if not isinstance(r, str):
+                raise TypeError(f"responses[{i}] is {type(r).__name__}, expected str")
+        max_row_tokens = max_row_tokens or 4 * self.max_length
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(json.dumps(as_messages(p)), []).append(i)
+        rows: list[tuple[list[int], list[list[int]], list[int]]] = []
+        for indices in groups.values():
+            prompt_ids = self.formatter.prompt_ids(prompts[indices[0]])
+            encoded = self.formatter.responses_ids([responses[i] for i in indices])
+            row_ids: list[list[int]] = []
+            row_idx: list[int] = []
+            used = len(prompt_ids)
+            for i, ids in zip(indices, encoded):
+                ids = self.truncate(prompt_ids, ids, where=f"prompts[{i}]")
+                if row_ids and used + len(ids) > max_row_tokens:
+                    rows.append((prompt_ids, row_ids, row_idx))
+                    row_ids, row_idx, used = [], [], len(prompt_ids)
+                row_ids.append(ids)
+                row_idx.append(i)
+                used += len(ids)
+            rows.append((prompt_ids, row_ids, row_idx))
+        # similar lengths together: less padding
+        rows.sort(key=lambda r: len(r[0]) + sum(map(len, r[1])))
+        scores = [0.0] * len(responses)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                packed = pack_rows(
+                    [(p, rs) for p, rs, _ in chunk], self.tokenizer.pad_token_id, padding_side
+                ).to(self.device)
+                rewards = self(packed).cpu()
+                for b, (_, _, idx) in enumerate(chunk):
+                    for k, i in enumerate(idx):
+                        scores[i] = float(rewards[b, k])
+        finally:
+            self.train(was_training)
+        if normalize:
+            scores = [(s - self.reward_mean) / self.reward_std for s in scores]
+        return scores
+
+    # export / load ------------------------------------------------------------------------------
+    def save(self, path: str | Path, **info: Any) -> Path:
+        """Write the PM folder atomically (a crash never leaves a half-written export)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        try:
+            self.lm.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if self.model_cfg.get("source") == "tiny":
+                # random-init weights cannot be rebuilt from a name: keep them with the PM
+                self.base.save_pretrained(tmp / "base", state_dict=_base_state_dict(self.lm))
+            meta = {
+                "format": FORMAT,
+                "model": self.model_cfg,
+                "max_length": self.max_length,
+                "scoring_prefix": self.formatter.prefix or None,
+                "reward_mean": self.reward_mean,
+                "reward_std": self.reward_std,
+                "end_of_turn": self.formatter.end_of_turn,
+                **self.info,
+                **info,
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            if path.exists():
+                old = path.with_name(f".{path.name}-old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+
+def _base_state_dict(lm: PeftModel) -> dict[str, torch.Tensor]:
+    """Base weights without LoRA or head entries, with the names a plain model expects."""
+    out = {}
+    for name, tensor in lm.get_base_model().state_dict().items():
+        if "lora_" in name or REWARD_HEAD in name:
+            continue
+        out[name.replace(".base_layer", "")] = tensor
+    return out
+
+
+def load(
+    path: str | Path,
+    prefix: Sequence[Message] | None | str = "saved",
+    device: str | torch.device | None = None,
+    cache_dir: Path | None = None,
+    trainable: bool = False,
+) -> PreferenceModel:
+    """Load an exported PM folder. `prefix="saved"` keeps the scoring prefix it was exported with;
+    pass a list of messages to score behind another prefix, or None for none."""
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not an exported syco PM (no {META_FILE})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    model_cfg = dict(meta["model"])
+    tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(path)})
+    if model_cfg.get("source") == "tiny":
+        base = load_causal_lm(
+            {"source": "pretrained", "name_or_path": str(path / "base"), "dtype": model_cfg.get("dtype")}
+        )
+    else:
+        base = load_causal_lm(model_cfg, cache_dir)
+    attach_reward_head(base)
+    lm = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    scoring_prefix = meta.get("scoring_prefix") if prefix == "saved" else prefix
+    pm = PreferenceModel(
+        lm,
+        tokenizer,
+        model_cfg,
+        meta["max_length"],
+        scoring_prefix=scoring_prefix,
+        reward_mean=meta.get("reward_mean", 0.0),
+        reward_std=meta.get("reward_std", 1.0),
+        info={k: v for k, v in meta.items() if k not in {"format", "model", "max_length", "scoring_prefix"}},
+    )
+    if device is not None:
+        pm.to(device)
+    return pm.train(trainable)

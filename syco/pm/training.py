@@ -1,0 +1,155 @@
+"""`train.py task=pm`: train a preference model, export it, and measure it on held-out pairs."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from syco.data.preference import PreferenceDataModule, build_preference_splits
+from syco.pm.model import PreferenceModel, load
+from syco.pm.module import PreferenceModelModule
+from syco.tracking import log_summary, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`last` resumes from this run folder's last checkpoint when there is one (preempted jobs)."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return ckpt_path
+
+
+def _datamodule(cfg: DictConfig, splits: Any, pm: PreferenceModel) -> PreferenceDataModule:
+    d = cfg.data
+    return PreferenceDataModule(splits, pm.formatter, int(d.max_length), int(d.batch_size), int(d.eval_batch_size),
+                                int(d.num_workers), bool(d.group_by_length), int(cfg.seed))
+
+
+def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: list[Any]) -> float:
+    """Largest score difference between the in-memory PM and its exported-and-reloaded copy."""
+    if not pairs:
+        return 0.0
+    prompts = [list(p.prompt) for p in pairs for _ in (0, 1)]
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    a = trained.score(prompts, responses)
+    b = loaded.score(prompts, responses)
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.time()
+    L.seed_everything(int(cfg.seed), workers=True)
+    run_dir = Path(cfg.run_dir)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    pm_cfg = OmegaConf.to_container(cfg.pm, resolve=True)
+    prefix = pm_cfg.get("scoring_prefix")
+    max_length = int(cfg.data.max_length)
+
+    splits = build_preference_splits(cfg.data, pm_cfg, seed=int(cfg.seed))
+    log.info("pairs: %s", splits.counts())
+    loggers = build_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    from_path = pm_cfg.get("from_path")
+    train_time = 0.0
+    trainer = None
+    if from_path:
+        # the prompted non-sycophantic PM: an already-trained PM scored behind a prefix, no training
+        trained = load(from_path, prefix=None, cache_dir=cfg.cache_dir)
+        if trained.max_length != max_length:
+            log.warning("PM from %s has max_length=%d; data.max_length=%d", from_path, trained.max_length, max_length)
+    else:
+        trained = PreferenceModel.create(model_cfg, max_length, cache_dir=cfg.cache_dir, seed=int(cfg.seed))
+        module = PreferenceModelModule(trained, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                                       pm_cfg.get("center_rewards_coefficient") or 0.0)
+        callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                     every_n_train_steps=int(cfg.checkpoint.every_n_train_steps))]
+        if loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir)
+        t0 = time.time()
+        trainer.fit(module, datamodule=_datamodule(cfg, splits, trained),
+                    ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+        train_time = time.time() - t0
+
+    # export (rank 0), reload, check the round trip, then measure the exported PM
+    pm_dir = run_dir / "pm"
+    is_zero = trainer is None or trainer.is_global_zero
+    info = {"variant": pm_cfg.get("variant"), "trained_from": from_path, "seed": int(cfg.seed)}
+    if is_zero:
+        trained.with_prefix(prefix).save(pm_dir, **info)
+    if trainer is not None:
+        trainer.strategy.barrier("export")
+    loaded = load(pm_dir, prefix=None, cache_dir=cfg.cache_dir, device=trained.device)
+    roundtrip = _roundtrip_diff(trained, loaded, splits.val[:4])
+    if roundtrip > 1e-4:
+        raise RuntimeError(f"exported PM scores differ from the trained PM by {roundtrip:.2e}: export is broken")
+    del trained
+    if trainer is not None:
+        del module
+    gc.collect()
+
+    final = loaded.with_prefix(prefix)
+    evaluator = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=cfg.trainer.get("devices", 1),
+                          strategy=cfg.trainer.get("strategy", "auto"), precision=cfg.trainer.get("precision", "32-true"),
+                          logger=False, enable_checkpointing=False, enable_progress_bar=True,
+                          default_root_dir=run_dir)
+    measure = PreferenceModelModule(final, {})
+    evaluator.validate(measure, datamodule=_datamodule(cfg, splits, final), verbose=False)
+
+    results: dict[str, Any] = dict(measure.last_validation)
+    reward_mean = results.get("heldout/reward_mean", {}).get("value")
+    reward_std = results.get("heldout/reward_std", {}).get("value")
+    results["pm/syco_rate"] = results.get("pm/syco_rate", {"value": None, "stderr": None, "count": 0})
+    summary = {
+        "metrics": results,
+        "variant": pm_cfg.get("variant"),
+        "pm_path": str(pm_dir),
+        "pairs": splits.counts(),
+        "bad_rows": splits.bad_rows.report(),
+        "export_roundtrip_max_abs_diff": roundtrip,
+        "train_time_s": train_time,
+        "wall_time_s": time.time() - start,
+        "global_step": trainer.global_step if trainer is not None else 0,
+    }
+    if evaluator.is_global_zero:
+        if reward_mean is not None and reward_std:
+            # normalization constants for PPO / best-of-N: rewards of the held-out responses
+            final.reward_mean, final.reward_std = float(reward_mean), float(reward_std)
+            final.save(pm_dir, **info)
+        write_json_atomic(run_dir / "metrics.json", summary)
+        log_summary(loggers, results)
+        for name, r in sorted(results.items()):
+            log.info("%-34s %s", name, _fmt(r))
+        log.info("wrote %s and %s", pm_dir, run_dir / "metrics.json")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return summary
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    if r.get("value") is None:
+        return "undefined (count 0)"
+    se = r.get("stderr")
+    se_txt = f" ± {se:.3f}" if isinstance(se, float) and se == se else ""
+    return f"{r['value']:.4f}{se_txt} (n={r['count']})"
