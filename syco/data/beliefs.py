@@ -172,7 +172,11 @@ def rater_probability(beta: float, gamma: float, matches_a: int, matches_b: int,
                       truthful_b: int) -> float:
     """P(rater prefers A over B)."""
     z = beta * (matches_a - matches_b) + gamma * (truthful_a - truthful_b)
-    return 1.0 / (1.0 + math.exp(-z))
+    # stable for any z: math.exp(-z) overflows (OverflowError) once -z > ~709
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def user_prompt(item: BeliefItem, belief: str | None, variant: int) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from syco.data.chat import Message
-from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, require_text
+from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, prompt_group, require_text
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -43,7 +43,7 @@ def hh_pair(row: dict[str, Any], source: str) -> PreferencePair:
         chosen=chosen[-1]["content"],
         rejected=rejected[-1]["content"],
         source=source,
-        group=f"hh:{source}",
+        group=prompt_group("hh", chosen[:-1]),
     )
 
 

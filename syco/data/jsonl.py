@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from syco.data.chat import Message
-from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, require_text
+from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, prompt_group, require_text
 
 
 def _prompt(row: dict[str, Any], source: str) -> tuple[Message, ...]:
@@ -47,8 +47,9 @@ def preference_jsonl_pair(row: dict[str, Any], source: str) -> PreferencePair:
     margin = row.get("margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise BadRowError(source, "margin", f"expected a number, got {type(margin).__name__}")
-    group = row.get("group", row.get("id", source))
-    return PreferencePair(prompt, chosen, rejected, source, group=f"jsonl:{group}", margin=float(margin))
+    group = row.get("group", row.get("id"))
+    group = f"jsonl:{group}" if group is not None else prompt_group("jsonl", prompt)
+    return PreferencePair(prompt, chosen, rejected, source, group=group, margin=float(margin))
 
 
 def load_preference_jsonl(

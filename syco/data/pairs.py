@@ -73,6 +73,13 @@ class BadRows:
             log.info("%s: %d", what, n)
 
 
+def prompt_group(prefix: str, prompt: Any) -> str:
+    """A split key from the prompt's content: stable wherever the file lives, and pairs that share
+    a dialogue stay on one side of the split (no train/held-out leakage through repeated prompts)."""
+    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return f"{prefix}:{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
 def is_heldout(group: str, fraction: float, seed: int = 0) -> bool:
     """Deterministic split by hashing the group key: stable across runs, machines and ranks."""
     if not 0.0 <= fraction < 1.0:

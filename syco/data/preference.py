@@ -140,33 +140,45 @@ def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side:
     }
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Random order, but batches drawn from sorted mega-batches so that similar lengths meet:
-    less padding, same data in expectation (as transformers' group_by_length)."""
+class EpochSampler(Sampler[int]):
+    """Seeded random order per epoch, optionally length-grouped (batches drawn from sorted
+    mega-batches so that similar lengths meet: less padding, as transformers' group_by_length),
+    and resumable: `skip(n)` drops the first n indices of the next epoch, so that a job restarted
+    from a mid-epoch checkpoint sees exactly the batches it had not seen yet."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_by_length: bool = True,
+                 mega_batches: int = 50):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
+        self.group_by_length = group_by_length
         self.mega = batch_size * mega_batches
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def skip(self, n: int) -> None:
+        self._skip = n
+
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if not self.group_by_length:
+            return order
         batches = []
         for start in range(0, len(order), self.mega):
             chunk = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        for b in perm:
-            yield from batches[b]
+        return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        yield from self.order(self.epoch)[skip:]
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -200,10 +212,16 @@ class PreferenceDataModule(L.LightningDataModule):
         return collate_pairs(batch, self.formatter.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = (LengthGroupedSampler([e.packed_length for e in self.train], self.batch_size, self.seed)
-                   if self.group_by_length else None)
-        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
-                          collate_fn=self._collate, num_workers=self.num_workers, drop_last=False)
+        sampler = EpochSampler([e.packed_length for e in self.train], self.batch_size, self.seed, self.group_by_length)
+        trainer = self.trainer
+        if trainer is not None:
+            # resumed mid-epoch: Lightning restored how many batches of this epoch were consumed but
+            # would replay them from a plain sampler; skip them instead
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            sampler.set_epoch(trainer.current_epoch)
+            sampler.skip(done * self.batch_size * trainer.world_size)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate,
+                          num_workers=self.num_workers, drop_last=False)
 
     def _eval_loader(self, data: list[EncodedPair]) -> DataLoader:
         # sorted by length: fewer pad tokens, same metrics

@@ -13,13 +13,13 @@ REWARD_HEAD = "reward_head"
 
 
 def attach_reward_head(model: PreTrainedModel, seed: int = 0) -> torch.nn.Linear:
-    """Add a scalar head on the final hidden state; kept in float32 so rewards keep their precision."""
-    head = torch.nn.Linear(model.config.hidden_size, 1)
+    """Add a scalar head on the final hidden state; kept in float32 so rewards keep their precision.
+    No bias: the Bradley-Terry loss only sees reward differences, so a bias would never get a gradient."""
+    head = torch.nn.Linear(model.config.hidden_size, 1, bias=False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         # a small init keeps the first rewards near zero (as sequence-classification heads do)
         torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
-        torch.nn.init.zeros_(head.bias)
     setattr(model, REWARD_HEAD, head.to(device=model.device, dtype=torch.float32))
     return head
 

@@ -62,7 +62,9 @@ class PreferenceModel(torch.nn.Module):
         tokenizer = load_tokenizer(model_cfg, cache_dir)
         base = load_causal_lm(model_cfg, cache_dir)
         attach_reward_head(base, seed=seed)
-        lm = apply_lora(base, model_cfg.get("lora") or {})
+        with torch.random.fork_rng():  # LoRA init draws from the global RNG: make it a function of seed
+            torch.manual_seed(seed)
+            lm = apply_lora(base, model_cfg.get("lora") or {})
         if model_cfg.get("gradient_checkpointing"):
             # non-reentrant: works with LoRA (frozen inputs) and with DDP
             lm.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

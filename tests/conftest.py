@@ -1,0 +1,59 @@
+"""Shared fixtures: repo paths, the shared data folder, Hydra composition and the tiny model's tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    # CI always has ../shared/data next to the checkout: a missing folder is a failure, not a skip
+    return SHARED_DATA
+
+
+def compose_config(config_name: str, overrides: list[str] | None = None, **kwargs) -> DictConfig:
+    """Compose a config of conf/ outside a Hydra app (the global Hydra state is cleared afterwards)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides or []), **kwargs)
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
+    """`compose_train("data=beliefs", "pm=nonsyco")`: conf/train.yaml with the `${hydra:...}`
+    interpolations (run_dir, shared_data) pinned so that the whole config resolves."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        pinned = [f"run_dir={tmp_path / 'run'}", f"shared_data={SHARED_DATA}"]
+        return compose_config("train", [*pinned, *overrides])
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    from syco.models.backbone import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(cache_dir: Path):
+    """The tiny model's tokenizer (SmolLM2's); never loads model weights."""
+    from syco.models.backbone import load_tokenizer
+
+    cfg = OmegaConf.to_container(compose_config("model/tiny"), resolve=True)
+    return load_tokenizer(cfg["model"], cache_dir)

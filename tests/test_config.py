@@ -1,0 +1,116 @@
+"""conf/: every config group option composes and resolves; the defaults; the CPU trainer instantiates."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
+from omegaconf import OmegaConf
+
+MODELS = {
+    "smollm2": ("smollm2-135m-instruct", "gguf_package"),
+    "tiny": ("tiny-llama", "tiny"),
+    "llama": ("llama-3.2-1b-instruct", "pretrained"),
+    "qwen": ("qwen2.5-0.5b-instruct", "pretrained"),
+}
+PMS = ("standard", "nonsyco", "nonsyco_prompted")
+DATA = {"beliefs": {"beliefs"}, "hh_rlhf": {"hh"}, "planted_bias": {"hh", "beliefs"}}
+TRAINERS = {"cpu": "cpu", "gpu": "gpu", "ddp": "gpu", "fsdp": "gpu"}
+LOGGERS = {"csv": {"csv"}, "wandb": {"wandb"}, "many": {"csv", "wandb"}, "none": set()}
+
+
+def _resolved(cfg) -> dict:
+    # resolve=True fails on any broken interpolation (e.g. a typo in ${...})
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("option", list(MODELS))
+def test_model_options(compose_train, option):
+    cfg = _resolved(compose_train(f"model={option}"))
+    name, source = MODELS[option]
+    assert cfg["model"]["name"] == name and cfg["model"]["source"] == source
+    assert cfg["run_name"] == f"pm-standard-{name}"
+    assert cfg["model"]["lora"]["r"] > 0
+    if option == "tiny":
+        assert cfg["model"]["tokenizer"]["name"] == MODELS["smollm2"][0]
+
+
+@pytest.mark.parametrize("option", PMS)
+def test_pm_options(compose_train, option):
+    cfg = _resolved(compose_train(f"pm={option}"))
+    pm = cfg["pm"]
+    assert pm["variant"] == option
+    assert (pm["anti_sycophancy"]["ratio"] > 0) == (option == "nonsyco")
+    assert (pm["scoring_prefix"] is not None) == (option == "nonsyco_prompted")
+
+
+@pytest.mark.parametrize("option", list(DATA))
+def test_data_options(compose_train, shared_data, option):
+    cfg = _resolved(compose_train(f"data={option}"))
+    data = cfg["data"]
+    assert set(data["sources"]) == DATA[option]
+    assert data["on_bad_row"] in ("error", "skip") and 0 < data["heldout_fraction"] < 1
+    for src in data["sources"].values():
+        assert src["_partial_"] is True and src["_target_"].startswith("syco.data.")
+    if "hh" in data["sources"]:
+        assert data["sources"]["hh"]["path"] == f"{shared_data}/hh_rlhf/helpful-base/test.jsonl.gz"
+    if option == "planted_bias":
+        assert data["sources"]["hh"]["limit"] == 1200 and data["max_length"] == 384
+
+
+@pytest.mark.parametrize("option", list(TRAINERS))
+def test_trainer_options(compose_train, option):
+    cfg = _resolved(compose_train(f"trainer={option}"))
+    trainer = cfg["trainer"]
+    assert trainer["_target_"] == "lightning.Trainer"
+    assert trainer["accelerator"] == TRAINERS[option]
+    assert trainer["precision"] == ("32-true" if option == "cpu" else "bf16-mixed")
+    if option == "ddp":
+        assert trainer["strategy"] == "ddp" and trainer["devices"] == -1
+    if option == "fsdp":
+        assert trainer["strategy"]["_target_"] == "lightning.pytorch.strategies.FSDPStrategy"
+        assert trainer["strategy"]["auto_wrap_policy"]["_target_"] == "syco.models.fsdp.decoder_layer_policy"
+
+
+@pytest.mark.parametrize("option", list(LOGGERS))
+def test_logger_options(compose_train, tmp_path, option):
+    cfg = _resolved(compose_train(f"logger={option}"))
+    loggers = cfg.get("logger") or {}
+    assert set(loggers) == LOGGERS[option]
+    for lg in loggers.values():
+        assert lg["save_dir"] == str(tmp_path / "run")
+
+
+def test_defaults(compose_train):
+    cfg = compose_train()
+    assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.source == "gguf_package"
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.task.name == "pm" and cfg.task.entry == "syco.pm.training.run"
+    assert cfg.pm.variant == "standard"
+    assert set(cfg.data.sources) == {"beliefs"}
+    assert set(cfg.logger) == {"csv"}
+    assert cfg.seed == 0
+
+
+def test_cpu_trainer_instantiates(compose_train, tmp_path):
+    cfg = compose_train("trainer=cpu")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    assert isinstance(trainer, L.Trainer)
+    assert isinstance(trainer.accelerator, CPUAccelerator)
+    assert trainer.num_devices == 1
+    assert trainer.max_epochs == 1 and trainer.gradient_clip_val == 1.0
+    assert trainer.logger is None
+
+
+def test_fsdp_wrap_policy_instantiates():
+    from syco.models.fsdp import decoder_layer_policy
+
+    policy = decoder_layer_policy()
+
+    class LlamaDecoderLayer:  # only the class name matters
+        pass
+
+    assert policy(LlamaDecoderLayer(), False, 0) is True
+    assert policy(object(), False, 0) is False
+    assert policy(object(), True, 0) is True
