@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from syco.core.bradley_terry import bradley_terry_loss, preference_probability
 from syco.core.indexing import last_token_index
-from syco.core.packing import PAD_SEGMENT, PROMPT_SEGMENT, pack_rows, shared_prefix_attention_mask
+from syco.core.packing import PAD_SEGMENT, PROMPT_SEGMENT, assign_rows, pack_rows, shared_prefix_attention_mask
 
 
 def _softplus(x: float) -> float:
@@ -259,3 +259,38 @@ def test_packed_attention_equals_separate_sequences(side):
             alone = attend(alone_ids, torch.arange(n)[None], causal)[0, len(prompt):]
             cols = (b.segment_ids[row] == i + 1).nonzero().flatten()
             torch.testing.assert_close(packed[row, cols], alone)
+
+
+# --- several groups per row -------------------------------------------------------------------
+def test_assign_rows_first_fit_decreasing():
+    assert assign_rows([5, 3, 2, 4], None) == [[0], [1], [2], [3]]
+    # capacity 0 = the longest group: no row grows beyond it
+    assert assign_rows([5, 3, 2, 4], 0) == [[0], [3], [1, 2]]
+    assert assign_rows([5, 3, 2, 4], 7) == [[0, 2], [3, 1]]
+
+
+def test_pack_rows_shares_rows_between_groups():
+    groups = [([1, 2, 3], [[4, 5], [6]]), ([7], [[8], [9, 10]]), ([11], [[12]])]  # lengths 6, 4, 2
+    b = pack_rows(groups, pad_token_id=0, row_capacity=0)  # capacity = longest group = 6
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    assert b.group_row.tolist() == [0, 1, 1]
+    assert b.last_index.tolist() == [[4, 5], [1, 3], [5, -1]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 1, 2, 0, 1]]
+    assert b.num_tokens == 12
+    # one group per row: same groups, padded
+    one = pack_rows(groups, pad_token_id=0)
+    assert one.input_ids.shape == (3, 6) and one.group_row.tolist() == [0, 1, 2]
+
+
+def test_pack_rows_groups_never_see_each_other():
+    groups = [([1, 2], [[3], [4, 5]]), ([6], [[7, 8]])]  # lengths 5 and 3; capacity 8 puts both in one row
+    b = pack_rows(groups, pad_token_id=0, row_capacity=8)
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 2, 3, 0, 1, 2]]
+    assert b.group_ids.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1]]
+    assert b.last_index.tolist() == [[2, 4], [7, -1]]
+    assert b.group_row.tolist() == [0, 0]
+    m = b.attention_mask()[0, 0]
+    assert not m[5:, :5].any()  # group 1 never sees group 0
+    assert m[6, 5] and m[7, 5] and m[7, 6]  # its response sees its own prompt
+    assert m[4, :2].all() and not m[4, 2]  # group 0's second response: prompt, not the first response

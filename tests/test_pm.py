@@ -238,3 +238,15 @@ def test_validation_metrics_and_syco_rate(tmp_path):
     assert res["heldout/accuracy"]["value"] == pytest.approx(acc)
     assert res["pm/syco_rate"]["value"] == pytest.approx(syco)
     assert "heldout/accuracy/general" not in res  # no general pairs: undefined, not 0.0
+
+
+def test_shared_rows_give_the_same_rewards_as_one_pair_per_row(pm):
+    data = belief_batch(pm, 6)
+    long = data[0]
+    data.append(dataclasses.replace(long, prompt_ids=long.prompt_ids * 3))  # room for short pairs to share rows
+    pad = pm.tokenizer.pad_token_id
+    with torch.no_grad():
+        shared = pm(collate_pairs(data, pad, share_rows=True)["packed"])
+        alone = pm(collate_pairs(data, pad, share_rows=False)["packed"])
+    assert collate_pairs(data, pad)["packed"].input_ids.shape[0] < len(data)  # rows really were shared
+    assert torch.allclose(shared, alone, atol=1e-5)

@@ -130,8 +130,12 @@ def encode_pairs(pairs: Sequence[PreferencePair], formatter: ChatFormatter, max_
     return out
 
 
-def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
-    packed = pack_rows([(e.prompt_ids, [e.chosen_ids, e.rejected_ids]) for e in batch], pad_token_id, padding_side)
+def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side: str = "right",
+                  share_rows: bool = True) -> dict[str, Any]:
+    """One group [prompt, chosen, rejected] per pair; with share_rows, short pairs share a row (no
+    row longer than the longest pair), which removes most padding."""
+    packed = pack_rows([(e.prompt_ids, [e.chosen_ids, e.rejected_ids]) for e in batch], pad_token_id, padding_side,
+                       row_capacity=0 if share_rows else None)
     return {
         "packed": packed,
         "margin": torch.tensor([e.margin for e in batch], dtype=torch.float32),
@@ -183,7 +187,8 @@ class EpochSampler(Sampler[int]):
 
 class PreferenceDataModule(L.LightningDataModule):
     def __init__(self, splits: PreferenceSplits, formatter: ChatFormatter, max_length: int, batch_size: int = 8,
-                 eval_batch_size: int = 16, num_workers: int = 0, group_by_length: bool = True, seed: int = 0):
+                 eval_batch_size: int = 16, num_workers: int = 0, group_by_length: bool = True, seed: int = 0,
+                 share_rows: bool = True):
         super().__init__()
         self.splits = splits
         self.formatter = formatter
@@ -193,6 +198,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.group_by_length = group_by_length
         self.seed = seed
+        self.share_rows = share_rows
         self.train: list[EncodedPair] = []
         self.val: list[EncodedPair] = []
         self.probe: list[EncodedPair] = []
@@ -209,7 +215,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError("every training pair was dropped while tokenizing (see the skipped-row log)")
 
     def _collate(self, batch: Sequence[EncodedPair]) -> dict[str, Any]:
-        return collate_pairs(batch, self.formatter.tokenizer.pad_token_id)
+        return collate_pairs(batch, self.formatter.tokenizer.pad_token_id, share_rows=self.share_rows)
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSampler([e.packed_length for e in self.train], self.batch_size, self.seed, self.group_by_length)

@@ -80,7 +80,7 @@ class PreferenceModel(torch.nn.Module):
 
     # forward ------------------------------------------------------------------------------------
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Rewards [batch, responses] read at each response's last token (NaN where absent)."""
+        """Rewards [groups, responses] read at each response's last token (NaN where absent)."""
         base = self.base
         decoder = getattr(base, base.base_model_prefix)
         hidden = decoder(
@@ -90,8 +90,7 @@ class PreferenceModel(torch.nn.Module):
             use_cache=False,
         ).last_hidden_state
         index = batch.last_index.clamp(min=0)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-        last = hidden[rows, index]  # [batch, responses, hidden]
+        last = hidden[batch.group_row[:, None], index]  # [groups, responses, hidden]
         head = getattr(base, REWARD_HEAD)
         rewards = head(last.float()).squeeze(-1)
         return rewards.masked_fill(batch.last_index < 0, float("nan"))
@@ -127,7 +126,8 @@ class PreferenceModel(torch.nn.Module):
         normalize: bool = False,
     ) -> list[float]:
         """One reward per (prompt, response). Responses that share a prompt are packed behind one
-        copy of it, so the prompt is computed once; the result equals scoring each pair alone."""
+        copy of it, so the prompt is computed once; the result equals scoring each pair alone.
+        `batch_size` counts prompt groups (a prompt with up to max_row_tokens of responses) per forward."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         for i, r in enumerate(responses):
@@ -153,7 +153,7 @@ class PreferenceModel(torch.nn.Module):
                 row_idx.append(i)
                 used += len(ids)
             rows.append((prompt_ids, row_ids, row_idx))
-        # similar lengths together: less padding
+        # similar lengths together, and short groups sharing rows: little padding
         rows.sort(key=lambda r: len(r[0]) + sum(map(len, r[1])))
         scores = [0.0] * len(responses)
         was_training = self.training
@@ -162,7 +162,7 @@ class PreferenceModel(torch.nn.Module):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 packed = pack_rows(
-                    [(p, rs) for p, rs, _ in chunk], self.tokenizer.pad_token_id, padding_side
+                    [(p, rs) for p, rs, _ in chunk], self.tokenizer.pad_token_id, padding_side, row_capacity=0
                 ).to(self.device)
                 rewards = self(packed).cpu()
                 for b, (_, _, idx) in enumerate(chunk):

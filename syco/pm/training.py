@@ -41,7 +41,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def _datamodule(cfg: DictConfig, splits: Any, pm: PreferenceModel) -> PreferenceDataModule:
     d = cfg.data
     return PreferenceDataModule(splits, pm.formatter, int(d.max_length), int(d.batch_size), int(d.eval_batch_size),
-                                int(d.num_workers), bool(d.group_by_length), int(cfg.seed))
+                                int(d.num_workers), bool(d.group_by_length), int(cfg.seed),
+                                bool(d.get("share_rows", True)))
 
 
 def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: list[Any]) -> float:
