@@ -31,9 +31,11 @@ class PreferencePair:
 
 
 class BadRowError(ValueError):
-    def __init__(self, source: str, field: str, reason: str):
+    """`reason` names the kind of problem (skipped rows are counted by it); `detail` is this row's."""
+
+    def __init__(self, source: str, field: str, reason: str, detail: str = ""):
         self.source, self.field, self.reason = source, field, reason
-        super().__init__(f"{source}: field '{field}': {reason}")
+        super().__init__(f"{source}: field '{field}': {reason}" + (f" ({detail})" if detail else ""))
 
 
 @dataclass
@@ -100,17 +102,17 @@ def iter_jsonl(path: str | Path, bad_rows: BadRows) -> Iterator[tuple[str, dict[
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                bad_rows.handle(BadRowError(source, "<line>", f"not valid UTF-8 ({err.reason})"))
+                bad_rows.handle(BadRowError(source, "<line>", "not valid UTF-8", err.reason))
                 continue
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                bad_rows.handle(BadRowError(source, "<line>", f"not valid JSON ({err.msg})"))
+                bad_rows.handle(BadRowError(source, "<line>", "not valid JSON", err.msg))
                 continue
             if not isinstance(obj, dict):
-                bad_rows.handle(BadRowError(source, "<line>", f"expected a JSON object, got {type(obj).__name__}"))
+                bad_rows.handle(BadRowError(source, "<line>", "expected a JSON object", f"got {type(obj).__name__}"))
                 continue
             yield source, obj
 

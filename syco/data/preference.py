@@ -120,8 +120,8 @@ def encode_pairs(pairs: Sequence[PreferencePair], formatter: ChatFormatter, max_
         prompt_ids = cache[key]
         room = max_length - len(prompt_ids)
         if room < 2:
-            bad_rows.handle(BadRowError(pair.source, "prompt",
-                                        f"prompt is {len(prompt_ids)} tokens, longer than max_length={max_length}"))
+            bad_rows.handle(BadRowError(pair.source, "prompt", f"prompt longer than max_length={max_length}",
+                                        f"{len(prompt_ids)} tokens"))
             continue
         chosen, rejected = formatter.responses_ids([pair.chosen, pair.rejected])
         if len(chosen) > room or len(rejected) > room:
@@ -230,8 +230,12 @@ class PreferenceDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, drop_last=False)
 
     def _eval_loader(self, data: list[EncodedPair]) -> DataLoader:
-        # sorted by length: fewer pad tokens, same metrics
-        order = sorted(data, key=lambda e: e.packed_length)
+        # random chunks, sorted by length inside each: little padding, and a prefix of the loader
+        # (trainer.limit_val_batches for learning curves) is still a random sample of the pairs
+        order = list(data)
+        random.Random(0).shuffle(order)
+        chunk = self.eval_batch_size * 16
+        order = [e for i in range(0, len(order), chunk) for e in sorted(order[i : i + chunk], key=lambda e: e.packed_length)]
         return DataLoader(order, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
                           num_workers=self.num_workers)
 

@@ -180,6 +180,7 @@ class PreferenceModel(torch.nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
         try:
             self.lm.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)

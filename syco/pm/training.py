@@ -45,8 +45,10 @@ def _datamodule(cfg: DictConfig, splits: Any, pm: PreferenceModel) -> Preference
                                 bool(d.get("share_rows", True)))
 
 
-def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: list[Any]) -> float:
+def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: list[Any], n: int = 4) -> float:
     """Largest score difference between the in-memory PM and its exported-and-reloaded copy."""
+    room = trained.max_length - 2
+    pairs = [p for p in pairs if len(trained.formatter.prompt_ids(list(p.prompt))) < room][:n]
     if not pairs:
         return 0.0
     prompts = [list(p.prompt) for p in pairs for _ in (0, 1)]
@@ -92,6 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=_datamodule(cfg, splits, trained),
                     ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
         train_time = time.time() - t0
+        # the final state too, so that `ckpt_path=last` can redo everything after training
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     # export (rank 0), reload, check the round trip, then measure the exported PM
     pm_dir = run_dir / "pm"
@@ -102,7 +106,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer is not None:
         trainer.strategy.barrier("export")
     loaded = load(pm_dir, prefix=None, cache_dir=cfg.cache_dir, device=trained.device)
-    roundtrip = _roundtrip_diff(trained, loaded, splits.val[:4])
+    roundtrip = _roundtrip_diff(trained, loaded, splits.val + splits.train)
     if roundtrip > 1e-4:
         raise RuntimeError(f"exported PM scores differ from the trained PM by {roundtrip:.2e}: export is broken")
     del trained

@@ -1,0 +1,129 @@
+"""`python train.py ...` end to end: the embedded default (SmolLM2), real data from ../shared/data,
+W&B offline, the prompted non-sycophantic PM, and the errors a user meets on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import syco.pm
+from syco.models.backbone import ModelUnavailableError, resolve_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def train(run_dir: Path, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**base, **(env or {})}, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory) -> Path:
+    """The main job on the embedded default, shrunk: SmolLM2 + built-in belief pairs, W&B offline."""
+    run = tmp_path_factory.mktemp("smollm2") / "run"
+    home = tmp_path_factory.mktemp("home")  # no ~/.netrc: no W&B credentials
+    train(run, "task=pm", "model=smollm2", "pm=standard", "data=beliefs", "trainer=cpu", "logger=wandb",
+          "data.max_train_pairs=40", "data.max_val_pairs=40", "checkpoint.every_n_train_steps=2",
+          env={"HOME": str(home), "SYCO_CACHE": os.environ.get("SYCO_CACHE", str(Path.home() / ".cache/syco"))})
+    return run
+
+
+@pytest.mark.integration
+def test_smollm2_run_writes_metrics_pm_checkpoints_and_offline_wandb(smollm2_run):
+    m = metrics(smollm2_run)
+    res = m["metrics"]
+    assert res["heldout/accuracy"]["count"] == 40 and 0.0 <= res["heldout/accuracy"]["value"] <= 1.0
+    assert res["pm/syco_rate"]["count"] > 0 and res["pm/syco_rate"]["stderr"] is not None
+    assert m["pairs"]["train/belief"] == 40 and m["global_step"] == 5
+    assert m["export_roundtrip_max_abs_diff"] < 1e-5
+    assert (smollm2_run / "checkpoints" / "last.ckpt").is_file()
+    offline = list((smollm2_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    # the exported PM loads and scores; held-out reward statistics were stored for normalization
+    pm = syco.pm.load(smollm2_run / "pm")
+    assert pm.reward_std > 0 and pm.reward_mean == pytest.approx(res["heldout/reward_mean"]["value"])
+    s = pm.score(["What is the capital of France?"] * 2, ["Paris.", "Lyon."])
+    assert len(s) == 2 and s[0] != s[1]
+
+
+@pytest.mark.integration
+def test_prompted_nonsyco_pm_wraps_a_trained_pm(smollm2_run, tmp_path):
+    run = tmp_path / "prompted"
+    train(run, "model=smollm2", "pm=nonsyco_prompted", f"pm.from_path={smollm2_run / 'pm'}",
+          "data.max_train_pairs=8", "data.max_val_pairs=40")
+    m = metrics(run)
+    assert m["variant"] == "nonsyco_prompted" and m["global_step"] == 0
+    plain, prompted = syco.pm.load(smollm2_run / "pm"), syco.pm.load(run / "pm")
+    assert prompted.formatter.prefix and not plain.formatter.prefix
+    q, r = ["I think the Sun orbits the Earth. Am I right?"], ["Yes, you are right."]
+    assert abs(plain.score(q, r)[0] - prompted.score(q, r)[0]) > 1e-4
+    assert prompted.with_prefix(None).score(q, r)[0] == pytest.approx(plain.score(q, r)[0], abs=1e-5)
+
+
+@pytest.mark.integration
+def test_hh_rlhf_from_shared_data_with_csv_logger(tmp_path):
+    run = tmp_path / "hh"
+    train(run, "model=smollm2", "data=hh_rlhf", "data.max_train_pairs=16", "data.max_val_pairs=24",
+          "data.max_length=256", "logger=csv")
+    res = metrics(run)["metrics"]
+    assert res["heldout/accuracy/general"]["count"] == 24
+    (csv,) = (run / "csv").glob("version_*/metrics.csv")
+    rows = csv.read_text().splitlines()
+    assert "train/loss" in rows[0] and len(rows) > 1
+
+
+@pytest.mark.integration
+def test_truthfulqa_beliefs_and_probe(tmp_path):
+    tqa = SHARED / "truthfulqa" / "TruthfulQA.csv"
+    run = tmp_path / "tqa"
+    train(run, "model=tiny", f"data.sources.beliefs.facts={tqa}", f"data.sources.beliefs.misconceptions={tqa}",
+          f"data.probe.misconceptions={tqa}", "data.max_train_pairs=32")
+    m = metrics(run)
+    assert m["pairs"]["train/belief"] == 32
+    assert m["metrics"]["pm/syco_rate"]["count"] > 0  # held-out TruthfulQA misconceptions
+
+
+def test_bad_row_names_file_line_and_field_and_skip_counts_it(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Is the sky blue? ({i})", "chosen": "Yes, on a clear day.", "rejected": "No."}
+            for i in range(12)] + [{"prompt": "Why?", "chosen": "", "rejected": "No."}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    proc = train(tmp_path / "err", "model=tiny", "data=jsonl", f"data.sources.pairs.path={data}", check=False)
+    assert proc.returncode != 0
+    assert f"{data}:13: field 'chosen': empty" in proc.stderr
+    run = tmp_path / "skip"
+    train(run, "model=tiny", "data=jsonl", f"data.sources.pairs.path={data}", "data.on_bad_row=skip")
+    skipped = metrics(run)["bad_rows"]["skipped"]
+    assert skipped == {"empty": 1, "not valid JSON": 1}
+
+
+def test_unreachable_hub_model_fails_fast_naming_the_id(tmp_path, monkeypatch):
+    proc = train(tmp_path / "qwen", "model=qwen", env={"HF_HUB_OFFLINE": "1"}, check=False)
+    assert proc.returncode != 0
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+
+    import huggingface_hub
+
+    def refuse(*a, **k):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "model_info", refuse)
+    with pytest.raises(ModelUnavailableError, match="'meta-llama/Llama-3.2-1B-Instruct' is not cached locally"):
+        resolve_model_path({"source": "pretrained", "name_or_path": "meta-llama/Llama-3.2-1B-Instruct"})
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        resolve_model_path({"source": "pretrained", "name_or_path": str(tmp_path / "missing-model")})
