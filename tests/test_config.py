@@ -56,7 +56,8 @@ def test_data_options(compose_train, shared_data, option):
     if "hh" in data["sources"]:
         assert data["sources"]["hh"]["path"] == f"{shared_data}/hh_rlhf/helpful-base/test.jsonl.gz"
     if option == "planted_bias":
-        assert data["sources"]["hh"]["limit"] == 1200 and data["max_length"] == 384
+        assert data["sources"]["hh"]["limit"] is None and data["max_length"] == 256
+        assert data["sources"]["beliefs"]["beta"] > data["sources"]["beliefs"]["gamma"] > 0
 
 
 @pytest.mark.parametrize("option", list(TRAINERS))

@@ -250,3 +250,18 @@ def test_shared_rows_give_the_same_rewards_as_one_pair_per_row(pm):
         alone = pm(collate_pairs(data, pad, share_rows=False)["packed"])
     assert collate_pairs(data, pad)["packed"].input_ids.shape[0] < len(data)  # rows really were shared
     assert torch.allclose(shared, alone, atol=1e-5)
+
+
+def test_reward_statistics_survive_save_load_save(pm, tmp_path):
+    pm.reward_mean, pm.reward_std = 0.25, 2.0
+    try:
+        pm.save(tmp_path / "a", variant="x")
+    finally:
+        pm.reward_mean, pm.reward_std = 0.0, 1.0
+    loaded = load(tmp_path / "a")
+    loaded.reward_mean = -1.5
+    loaded.save(tmp_path / "b")
+    again = load(tmp_path / "b")
+    assert (again.reward_mean, again.reward_std, again.info["variant"]) == (-1.5, 2.0, "x")
+    raw = again.score(["Hi"], ["Hello!"])[0]
+    assert again.score(["Hi"], ["Hello!"], normalize=True)[0] == pytest.approx((raw + 1.5) / 2.0)

@@ -78,9 +78,12 @@ def test_prompted_nonsyco_pm_wraps_a_trained_pm(smollm2_run, tmp_path):
 def test_hh_rlhf_from_shared_data_with_csv_logger(tmp_path):
     run = tmp_path / "hh"
     train(run, "model=smollm2", "data=hh_rlhf", "data.max_train_pairs=16", "data.max_val_pairs=24",
-          "data.max_length=256", "logger=csv")
-    res = metrics(run)["metrics"]
-    assert res["heldout/accuracy/general"]["count"] == 24
+          "data.max_length=256", "logger=csv", "trainer.log_every_n_steps=1")
+    m = metrics(run)
+    res = m["metrics"]
+    # 24 held-out pairs drawn; those whose prompt exceeds max_length are skipped and counted
+    assert m["pairs"]["val/general"] == 24 and 16 <= res["heldout/accuracy/general"]["count"] <= 24
+    assert sum(m["bad_rows"]["skipped"].values()) >= 24 - res["heldout/accuracy/general"]["count"]
     (csv,) = (run / "csv").glob("version_*/metrics.csv")
     rows = csv.read_text().splitlines()
     assert "train/loss" in rows[0] and len(rows) > 1

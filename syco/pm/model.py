@@ -25,6 +25,7 @@ from syco.models.lora import REWARD_HEAD, apply_lora, attach_reward_head
 
 FORMAT = "syco-pm/1"
 META_FILE = "syco_pm.json"
+OWN_FIELDS = {"format", "model", "max_length", "scoring_prefix", "reward_mean", "reward_std", "end_of_turn"}
 
 
 class PreferenceModel(torch.nn.Module):
@@ -188,6 +189,9 @@ class PreferenceModel(torch.nn.Module):
                 # random-init weights cannot be rebuilt from a name: keep them with the PM
                 self.base.save_pretrained(tmp / "base", state_dict=_base_state_dict(self.lm))
             meta = {
+                **self.info,
+                **info,
+                # the PM's own fields last: they always describe these weights
                 "format": FORMAT,
                 "model": self.model_cfg,
                 "max_length": self.max_length,
@@ -195,8 +199,6 @@ class PreferenceModel(torch.nn.Module):
                 "reward_mean": self.reward_mean,
                 "reward_std": self.reward_std,
                 "end_of_turn": self.formatter.end_of_turn,
-                **self.info,
-                **info,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
             if path.exists():
@@ -257,7 +259,7 @@ def load(
         scoring_prefix=scoring_prefix,
         reward_mean=meta.get("reward_mean", 0.0),
         reward_std=meta.get("reward_std", 1.0),
-        info={k: v for k, v in meta.items() if k not in {"format", "model", "max_length", "scoring_prefix"}},
+        info={k: v for k, v in meta.items() if k not in OWN_FIELDS},
     )
     if device is not None:
         pm.to(device)
