@@ -48,7 +48,8 @@ def _datamodule(cfg: DictConfig, splits: Any, pm: PreferenceModel) -> Preference
 def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: list[Any], n: int = 4) -> float:
     """Largest score difference between the in-memory PM and its exported-and-reloaded copy."""
     room = trained.max_length - 2
-    pairs = [p for p in pairs if len(trained.formatter.prompt_ids(list(p.prompt))) < room][:n]
+    fits = (p for p in pairs if len(trained.formatter.prompt_ids(list(p.prompt))) < room)
+    pairs = [p for _, p in zip(range(n), fits)]
     if not pairs:
         return 0.0
     prompts = [list(p.prompt) for p in pairs for _ in (0, 1)]
@@ -58,14 +59,42 @@ def _roundtrip_diff(trained: PreferenceModel, loaded: PreferenceModel, pairs: li
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+def _train(cfg: DictConfig, splits: Any, loggers: list[Any], run_dir: Path) -> tuple[PreferenceModel, L.Trainer]:
+    pm_cfg = cfg.pm
+    trained = PreferenceModel.create(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.max_length),
+                                     cache_dir=cfg.cache_dir, seed=int(cfg.seed))
+    module = PreferenceModelModule(trained, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                                   pm_cfg.get("center_rewards_coefficient") or 0.0)
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=int(cfg.checkpoint.every_n_train_steps))]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir)
+    trainer.fit(module, datamodule=_datamodule(cfg, splits, trained),
+                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+    # the final state too, so that `ckpt_path=last` can redo everything after training
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return trained, trainer
+
+
+def _measure(cfg: DictConfig, splits: Any, pm: PreferenceModel, run_dir: Path) -> dict[str, dict[str, float]]:
+    """Held-out accuracy, margins, reward statistics and the sycophancy probe, in full."""
+    evaluator = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                            limit_val_batches=1.0, default_root_dir=run_dir)
+    module = PreferenceModelModule(pm, {})
+    evaluator.validate(module, datamodule=_datamodule(cfg, splits, pm), verbose=False)
+    results = dict(module.last_validation)
+    results.setdefault("pm/syco_rate", {"value": None, "stderr": None, "count": 0})
+    return results
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     L.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.run_dir)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     pm_cfg = OmegaConf.to_container(cfg.pm, resolve=True)
     prefix = pm_cfg.get("scoring_prefix")
-    max_length = int(cfg.data.max_length)
+    from_path = pm_cfg.get("from_path")
 
     splits = build_preference_splits(cfg.data, pm_cfg, seed=int(cfg.seed))
     log.info("pairs: %s", splits.counts())
@@ -73,35 +102,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    from_path = pm_cfg.get("from_path")
-    train_time = 0.0
     trainer = None
     if from_path:
         # the prompted non-sycophantic PM: an already-trained PM scored behind a prefix, no training
         trained = load(from_path, prefix=None, cache_dir=cfg.cache_dir)
-        if trained.max_length != max_length:
-            log.warning("PM from %s has max_length=%d; data.max_length=%d", from_path, trained.max_length, max_length)
     else:
-        trained = PreferenceModel.create(model_cfg, max_length, cache_dir=cfg.cache_dir, seed=int(cfg.seed))
-        module = PreferenceModelModule(trained, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                       pm_cfg.get("center_rewards_coefficient") or 0.0)
-        callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                     every_n_train_steps=int(cfg.checkpoint.every_n_train_steps))]
-        if loggers:
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir)
-        t0 = time.time()
-        trainer.fit(module, datamodule=_datamodule(cfg, splits, trained),
-                    ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
-        train_time = time.time() - t0
-        # the final state too, so that `ckpt_path=last` can redo everything after training
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trained, trainer = _train(cfg, splits, loggers, run_dir)
+    train_time = time.time() - start
+    global_step = trainer.global_step if trainer is not None else 0
 
-    # export (rank 0), reload, check the round trip, then measure the exported PM
+    # export (rank 0), reload and check the round trip, then measure the exported PM
     pm_dir = run_dir / "pm"
-    is_zero = trainer is None or trainer.is_global_zero
     info = {"variant": pm_cfg.get("variant"), "trained_from": from_path, "seed": int(cfg.seed)}
-    if is_zero:
+    if trainer is None or trainer.is_global_zero:
         trained.with_prefix(prefix).save(pm_dir, **info)
     if trainer is not None:
         trainer.strategy.barrier("export")
@@ -109,23 +122,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     roundtrip = _roundtrip_diff(trained, loaded, splits.val + splits.train)
     if roundtrip > 1e-4:
         raise RuntimeError(f"exported PM scores differ from the trained PM by {roundtrip:.2e}: export is broken")
-    del trained
-    if trainer is not None:
-        del module
+    del trained, trainer
     gc.collect()
 
     final = loaded.with_prefix(prefix)
-    evaluator = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=cfg.trainer.get("devices", 1),
-                          strategy=cfg.trainer.get("strategy", "auto"), precision=cfg.trainer.get("precision", "32-true"),
-                          logger=False, enable_checkpointing=False, enable_progress_bar=True,
-                          default_root_dir=run_dir)
-    measure = PreferenceModelModule(final, {})
-    evaluator.validate(measure, datamodule=_datamodule(cfg, splits, final), verbose=False)
-
-    results: dict[str, Any] = dict(measure.last_validation)
-    reward_mean = results.get("heldout/reward_mean", {}).get("value")
-    reward_std = results.get("heldout/reward_std", {}).get("value")
-    results["pm/syco_rate"] = results.get("pm/syco_rate", {"value": None, "stderr": None, "count": 0})
+    results = _measure(cfg, splits, final, run_dir)
     summary = {
         "metrics": results,
         "variant": pm_cfg.get("variant"),
@@ -135,19 +136,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "export_roundtrip_max_abs_diff": roundtrip,
         "train_time_s": train_time,
         "wall_time_s": time.time() - start,
-        "global_step": trainer.global_step if trainer is not None else 0,
+        "global_step": global_step,
     }
-    if evaluator.is_global_zero:
-        if reward_mean is not None and reward_std:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        mean, std = results.get("heldout/reward_mean", {}).get("value"), results.get("heldout/reward_std", {}).get("value")
+        if mean is not None and std:
             # normalization constants for PPO / best-of-N: rewards of the held-out responses
-            final.reward_mean, final.reward_std = float(reward_mean), float(reward_std)
+            final.reward_mean, final.reward_std = float(mean), float(std)
             final.save(pm_dir, **info)
         write_json_atomic(run_dir / "metrics.json", summary)
         log_summary(loggers, results)
         for name, r in sorted(results.items()):
             log.info("%-34s %s", name, _fmt(r))
         log.info("wrote %s and %s", pm_dir, run_dir / "metrics.json")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return summary
 
