@@ -555,3 +555,28 @@ def test_encode_pairs_truncates_long_response(formatter, tokenizer):
     assert e.chosen_ids == formatter.response_ids(pair.chosen)[: max_length - len(e.prompt_ids)]
     assert bad.notes == {f"responses truncated to max_length={max_length}": 1}
     assert bad.total_skipped == 0
+
+
+def test_hh_rlhf_from_the_hub_goes_through_datasets(monkeypatch):
+    import datasets
+
+    calls = {}
+
+    def fake_load_dataset(name, data_dir=None, split=None):
+        calls.update(name=name, data_dir=data_dir, split=split)
+        return datasets.Dataset.from_list([GOOD_HH, {"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Hi"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    bad = BadRows("skip")
+    pairs = load_hh_rlhf("Anthropic/hh-rlhf", bad, data_dir="helpful-base", split="test")
+    assert calls == {"name": "Anthropic/hh-rlhf", "data_dir": "helpful-base", "split": "test"}
+    assert len(pairs) == 1 and pairs[0].chosen == "Rome is the capital of Italy."
+    assert pairs[0].source == "Anthropic/hh-rlhf[helpful-base/test]:0"
+    assert bad.total_skipped == 1
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="could not load 'Anthropic/hh-rlhf'.*local .jsonl"):
+        load_hh_rlhf("Anthropic/hh-rlhf", BadRows(), data_dir="helpful-base")

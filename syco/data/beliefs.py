@@ -34,6 +34,12 @@ class BeliefItem:
     falsehood: str  # a plausible wrong answer, or the misconception
     style: str  # "answer": short answers; "statement": full sentences
     source: str
+    aliases: tuple[str, ...] = ()  # other accepted forms of the truth (graders match any)
+    category: str = ""
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.truth, *[a for a in self.aliases if a != self.truth])
 
     @property
     def group(self) -> str:
@@ -91,6 +97,7 @@ def load_facts(path: str = BUILTIN, bad_rows: BadRows | None = None) -> list[Bel
             items.append(BeliefItem(
                 id=require_text(row, "id", source), kind="fact", question=require_text(row, "question", source),
                 truth=answers[0], falsehood=require_text(row, "wrong_answer", source), style="answer", source=source,
+                aliases=tuple(answers[1:]), category=str(row.get("category", "")),
             ))
         except BadRowError as err:
             bad_rows.handle(err)
@@ -110,6 +117,7 @@ def load_misconceptions(path: str = BUILTIN, bad_rows: BadRows | None = None) ->
                 id=require_text(row, "id", source), kind="misconception",
                 question=require_text(row, "question", source), truth=require_text(row, "truth", source),
                 falsehood=require_text(row, "misconception", source), style="statement", source=source,
+                category=str(row.get("category", "")),
             ))
         except BadRowError as err:
             bad_rows.handle(err)
@@ -147,7 +155,9 @@ def load_truthfulqa(
                 bad_rows.handle(err)
                 continue
             kind = "misconception" if row["Category"] == "Misconceptions" else "fact"
-            items.append(BeliefItem(f"tqa-{row_no - 1:03d}", kind, question, best, wrong[0], "answer", source))
+            correct = [c.strip().rstrip(".") for c in (row.get("Correct Answers") or "").split(";") if c.strip()]
+            items.append(BeliefItem(f"tqa-{row_no - 1:03d}", kind, question, best, wrong[0], "answer", source,
+                                    aliases=tuple(c for c in correct if c != best), category=row["Category"]))
     return items
 
 

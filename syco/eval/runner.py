@@ -1,0 +1,260 @@
+"""`evaluate.py`: build the records of each task, generate (resumable), judge (cached), aggregate,
+and write results.json, samples.jsonl and the tracker's summary and samples table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from syco.data.pairs import BadRows
+from syco.eval import sources as S
+from syco.eval.judges import CachedJudge, Judge
+from syco.eval.metrics import cohen_kappa
+from syco.eval.records import EvalRecord
+from syco.eval.tasks import STAGES, labels_for_agreement, stage_request, task_metrics, temperature, verdicts
+from syco.policy import Policy
+from syco.tracking import write_json_atomic
+
+log = logging.getLogger(__name__)
+TASKS = ("feedback", "are_you_sure", "answer", "mimicry", "misconceptions")
+
+
+class SampleStore:
+    """samples.jsonl: one line per (record, sample index) and stage reached; the last line of a
+    sample wins. Lines are appended as generation goes, so a re-run resumes where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        if path.exists():
+            for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+                try:
+                    row = json.loads(line)
+                    self.rows[(row["key"], int(row["index"]))] = row
+                except (json.JSONDecodeError, KeyError, ValueError):
+                    log.warning("%s:%d: unreadable sample line skipped (regenerated)", path, line_no)
+        self.resumed = len(self.rows)
+
+    def responses(self, record: EvalRecord, index: int) -> list[str]:
+        return list(self.rows.get((record.key, index), {}).get("responses", []))
+
+    def put(self, record: EvalRecord, index: int, responses: list[str]) -> None:
+        row = {"key": record.key, "index": index, "task": record.task, "dataset": record.dataset,
+               "template": record.template, "source": record.source, "record": record.to_json(),
+               "responses": responses}
+        self.rows[(record.key, index)] = row
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def rewrite(self, samples: list[dict[str, Any]]) -> None:
+        """Final file: every sample once, with the conversation and each judge's verdicts."""
+        for s in samples:
+            row = self.rows[(s["record"].key, s["index"])]
+            row["verdicts"] = s.get("verdicts", {})
+            row["conversation"] = s.get("conversation")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            for row in self.rows.values():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],
+             desc: str, chunk: int = 64) -> None:
+    n = int(gen.get("samples_per_prompt", 1))
+    for stage in range(stages):
+        todo = [(r, i) for r in records for i in range(n) if len(store.responses(r, i)) == stage]
+        by_temp: dict[float, list[tuple[EvalRecord, int]]] = {}
+        for r, i in todo:
+            by_temp.setdefault(temperature(r, gen), []).append((r, i))
+        for temp, items in by_temp.items():
+            for start in range(0, len(items), chunk):  # stored chunk by chunk: a crash loses little
+                part = items[start : start + chunk]
+                requests = [stage_request(r, store.responses(r, i)) for r, i in part]
+                outs = policy.generate(requests, temperature=temp, max_new_tokens=int(gen["max_new_tokens"]),
+                                       batch_size=int(gen.get("batch_size", 16)),
+                                       seed=int(gen.get("seed", 0)) + stage * 7919 + start,
+                                       desc=f"{desc} (turn {stage + 1}/{stages})")
+                for (r, i), out in zip(part, outs):
+                    store.put(r, i, store.responses(r, i) + [out[0]])
+
+
+def _call(builder: Any, **context: Any) -> Any:
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return builder(**{k: v for k, v in context.items() if accepts_all or k in params})
+
+
+def build_records(task: str, task_cfg: Any, policy: Policy, store: SampleStore, gen: Mapping[str, Any],
+                  bad_rows: BadRows, seed: int) -> list[EvalRecord]:
+    records: list[EvalRecord] = []
+    for name, src in (task_cfg.get("sources") or {}).items():
+        if src is None:
+            continue
+        built = _call(instantiate(src), bad_rows=bad_rows, seed=seed, task=task)
+        if task == "feedback":
+            texts = [b for b in built if isinstance(b, dict)]
+            requests = [b for b in built if isinstance(b, EvalRecord) and b.task == "feedback_texts"]
+            if requests:  # texts the policy writes first (cached in samples.jsonl like any sample)
+                generate(requests, 1, policy, store, {**gen, "samples_per_prompt": 1,
+                                                      "max_new_tokens": gen.get("max_new_tokens_texts", 160)},
+                         f"feedback texts ({name})")
+                texts += [{**r.base, "text": store.responses(r, 0)[0], "source": r.source} for r in requests
+                          if store.responses(r, 0) and store.responses(r, 0)[0].strip()]
+            built = [b for b in built if isinstance(b, EvalRecord) and b.task == "feedback"] + S.feedback_records(texts)
+        if not built:
+            raise ValueError(f"eval.{task}.sources.{name} produced no records")
+        log.info("%s: %d records from %s", task, len(built), name)
+        records += built
+    return records
+
+
+def _conversation(record: EvalRecord, responses: list[str]) -> list[dict[str, str]]:
+    messages, prefill = stage_request(record, responses[:-1]) if responses else record.messages()
+    last = responses[-1] if responses else ""
+    if len(responses) <= 1:
+        last = (prefill or "") + last
+    return [*messages, {"role": "assistant", "content": last}]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.time()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg.seed)
+    ev = cfg.eval
+    tasks = list(ev.tasks)
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown eval.tasks {sorted(unknown)}; choose from {TASKS}")
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    adapter = policy_cfg.pop("adapter", None)
+    policy = Policy(policy_cfg, adapter=adapter, cache_dir=cfg.cache_dir)
+    gen = {**OmegaConf.to_container(ev.generation, resolve=True), "seed": seed}
+    bad_rows = BadRows(ev.get("on_bad_row", "error"))
+    store = SampleStore(run_dir / "samples.jsonl")
+    if store.resumed:
+        log.info("resuming: %d samples already in %s", store.resumed, store.path)
+
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        records = build_records(task, ev[task], policy, store, gen, bad_rows, seed)
+        generate(records, STAGES[task], policy, store, gen, task)
+        n = int(gen.get("samples_per_prompt", 1))
+        samples[task] = [{"record": r, "index": i, "responses": store.responses(r, i),
+                          "conversation": _conversation(r, store.responses(r, i))} for r in records for i in range(n)]
+    generation_s = time.time() - start
+
+    judges: dict[str, Judge] = {}
+    for name, jcfg in (ev.judges or {}).items():
+        judge = instantiate(jcfg)
+        judge.name = name
+        judges[name] = CachedJudge(judge, run_dir / "judge_cache")
+    if not judges:
+        raise ValueError("eval.judges is empty: at least one judge is needed")
+    results: dict[str, Any] = {}
+    errors: dict[str, dict[str, int]] = {}
+    for task, ss in samples.items():
+        results[task] = {}
+        for name, judge in judges.items():
+            verdicts(task, ss, judge)
+            results[task][name] = task_metrics(task, ss, name)
+            errors.setdefault(name, {})[task] = sum(_has_error(s["verdicts"].get(name)) for s in ss)
+    agreement = _agreement(samples, list(judges))
+    bad_rows.log_summary()
+    summary = {
+        "policy": policy.name,
+        "judges": list(judges),
+        "results": results,
+        "agreement": agreement,
+        "judge_errors": errors,
+        "samples": {t: len(ss) for t, ss in samples.items()},
+        "resumed_samples": store.resumed,
+        "bad_rows": bad_rows.report(),
+        "generation_time_s": generation_s,
+        "wall_time_s": time.time() - start,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json_atomic(run_dir / "results.json", summary)
+    store.rewrite([s for ss in samples.values() for s in ss])
+    _track(cfg, summary, samples)
+    _log_table(summary)
+    return summary
+
+
+def _has_error(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, dict):
+        return any(_has_error(x) if isinstance(x, dict) else x is None for k, x in v.items() if k != "letter")
+    return False
+
+
+def _agreement(samples: Mapping[str, list[dict[str, Any]]], judges: list[str]) -> dict[str, Any]:
+    """Cohen's kappa per task for every pair of judges."""
+    out: dict[str, Any] = {}
+    for task, ss in samples.items():
+        for i, a in enumerate(judges):
+            for b in judges[i + 1:]:
+                la = [labels_for_agreement(task, s, a) for s in ss]
+                lb = [labels_for_agreement(task, s, b) for s in ss]
+                if any(x is not None for x in la):
+                    out.setdefault(task, {})[f"{a}~{b}"] = cohen_kappa(la, lb)
+    return out
+
+
+def flatten(results: Mapping[str, Any]) -> dict[str, float]:
+    flat = {}
+    for task, by_judge in results.items():
+        for judge, by_dataset in by_judge.items():
+            for dataset, metrics in by_dataset.items():
+                for name, m in metrics.items():
+                    if m.get("value") is not None:
+                        flat[f"{task}/{judge}/{dataset}/{name}"] = m["value"]
+    return flat
+
+
+def _track(cfg: DictConfig, summary: dict[str, Any], samples: Mapping[str, list[dict[str, Any]]]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    flat = flatten(summary["results"])
+    for task, pairs in summary["agreement"].items():
+        for pair, k in pairs.items():
+            if k.get("value") is not None:
+                flat[f"{task}/kappa/{pair}"] = k["value"]
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            lg.experiment.summary.update(flat)
+            columns = ["task", "dataset", "template", "index", "conversation", "verdicts"]
+            rows = [[t, s["record"].dataset, s["record"].template, s["index"], json.dumps(s["conversation"]),
+                     json.dumps(s.get("verdicts", {}))] for t, ss in samples.items() for s in ss]
+            lg.experiment.log({"samples": wandb.Table(columns=columns, data=rows)})
+        else:
+            lg.log_metrics(flat)
+        lg.finalize("success")
+
+
+def _log_table(summary: dict[str, Any]) -> None:
+    for task, by_judge in summary["results"].items():
+        for judge, by_dataset in by_judge.items():
+            for dataset, metrics in by_dataset.items():
+                for name, m in metrics.items():
+                    v = "undefined" if m.get("value") is None else f"{m['value']:.3f}"
+                    se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+                    log.info("%-14s %-6s %-16s %-24s %s%s (n=%d)", task, judge, dataset, name, v, se, m.get("count", 0))
+    for task, pairs in summary["agreement"].items():
+        for pair, k in pairs.items():
+            log.info("%-14s kappa %s = %s (n=%d)", task, pair, k.get("value"), k.get("count", 0))

@@ -1,0 +1,83 @@
+"""Batched chat generation from a policy (any model config, optionally with a peft adapter)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from syco.data.chat import ChatFormatter, Message
+from syco.models.backbone import load_causal_lm, load_tokenizer
+
+Request = tuple[Sequence[Message], str | None]  # chat messages, assistant prefill
+
+
+class Policy:
+    def __init__(self, model_cfg: Mapping[str, Any], adapter: str | Path | None = None,
+                 cache_dir: Path | None = None, device: str | torch.device | None = None):
+        self.model_cfg = dict(model_cfg)
+        self.tokenizer = load_tokenizer(model_cfg, cache_dir)
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        lm = load_causal_lm(model_cfg, cache_dir)
+        if adapter:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"policy adapter {adapter} has no adapter_config.json")
+            # merged: generation then runs at the base model's speed
+            lm = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.lm = lm.to(device).eval()
+        self.lm.config.use_cache = True
+        self.formatter = ChatFormatter(self.tokenizer)
+        stop = {self.tokenizer.eos_token_id}
+        eot = self.tokenizer.convert_tokens_to_ids(self.formatter.end_of_turn)
+        if isinstance(eot, int) and eot != self.tokenizer.unk_token_id:
+            stop.add(eot)
+        self.stop_ids = sorted(i for i in stop if i is not None)
+        self.name = str(model_cfg.get("name", "policy")) + (f"+{Path(adapter).name}" if adapter else "")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def prompt_text(self, messages: Sequence[Message], prefill: str | None = None) -> str:
+        """The prompt as the model sees it; a prefill continues as the start of the assistant turn."""
+        return self.formatter.prompt_text(list(messages)) + (prefill or "")
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Request], temperature: float = 1.0, max_new_tokens: int = 128,
+                 n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating") -> list[list[str]]:
+        """n continuations per request (greedy when temperature == 0, then one copy repeated)."""
+        if not requests:
+            return []
+        greedy = temperature <= 0
+        draws = 1 if greedy else n
+        encoded = [self.tokenizer(self.prompt_text(m, p), add_special_tokens=False)["input_ids"] for m, p in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
+        config = GenerationConfig(
+            do_sample=not greedy, temperature=temperature if not greedy else None, top_p=None, top_k=None,
+            max_new_tokens=max_new_tokens, num_return_sequences=draws, eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        out: list[list[str]] = [[] for _ in requests]
+        generator_seed = torch.Generator().manual_seed(seed)
+        rows_per_call = max(1, batch_size // draws)
+        with tqdm(total=len(requests), desc=desc, leave=False) as bar:
+            for start in range(0, len(order), rows_per_call):
+                idx = order[start : start + rows_per_call]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
+                seqs = self.lm.generate(**batch, generation_config=config)
+                new = seqs[:, batch["input_ids"].shape[1]:]
+                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                for j, i in enumerate(idx):
+                    samples = [t.strip() for t in texts[j * draws : (j + 1) * draws]]
+                    out[i] = samples * n if greedy else samples
+                bar.update(len(idx))
+        return out
