@@ -81,6 +81,7 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
                 requests = [stage_request(r, store.responses(r, i)) for r, i in part]
                 outs = policy.generate(requests, temperature=temp, max_new_tokens=int(gen["max_new_tokens"]),
                                        batch_size=int(gen.get("batch_size", 16)),
+                                       stop_strings=["\n"] if gen.get("stop_at_newline") else None,
                                        seed=int(gen.get("seed", 0)) + stage * 7919 + start,
                                        desc=f"{desc} (turn {stage + 1}/{stages})")
                 for (r, i), out in zip(part, outs):
@@ -106,7 +107,7 @@ def build_records(task: str, task_cfg: Any, policy: Policy, store: SampleStore, 
             texts = [b for b in built if isinstance(b, dict)]
             requests = [b for b in built if isinstance(b, EvalRecord) and b.task == "feedback_texts"]
             if requests:  # texts the policy writes first (cached in samples.jsonl like any sample)
-                generate(requests, 1, policy, store, {**gen, "samples_per_prompt": 1,
+                generate(requests, 1, policy, store, {**gen, "samples_per_prompt": 1, "stop_at_newline": False,
                                                       "max_new_tokens": gen.get("max_new_tokens_texts", 160)},
                          f"feedback texts ({name})")
                 texts += [{**r.base, "text": store.responses(r, 0)[0], "source": r.source} for r in requests

@@ -51,8 +51,10 @@ class Policy:
 
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], temperature: float = 1.0, max_new_tokens: int = 128,
-                 n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating") -> list[list[str]]:
-        """n continuations per request (greedy when temperature == 0, then one copy repeated)."""
+                 n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating",
+                 stop_strings: Sequence[str] | None = None) -> list[list[str]]:
+        """n continuations per request (greedy when temperature == 0, then one copy repeated);
+        `stop_strings` end a continuation early (the paper's released notebook stops at "\n")."""
         if not requests:
             return []
         greedy = temperature <= 0
@@ -62,7 +64,7 @@ class Policy:
         config = GenerationConfig(
             do_sample=not greedy, temperature=temperature if not greedy else None, top_p=None, top_k=None,
             max_new_tokens=max_new_tokens, num_return_sequences=draws, eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(stop_strings) if stop_strings else None,
         )
         out: list[list[str]] = [[] for _ in requests]
         generator_seed = torch.Generator().manual_seed(seed)
@@ -73,11 +75,20 @@ class Policy:
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
-                seqs = self.lm.generate(**batch, generation_config=config)
+                seqs = self.lm.generate(**batch, generation_config=config, tokenizer=self.tokenizer)
                 new = seqs[:, batch["input_ids"].shape[1]:]
                 texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 for j, i in enumerate(idx):
-                    samples = [t.strip() for t in texts[j * draws : (j + 1) * draws]]
+                    samples = [_cut(t, stop_strings) for t in texts[j * draws : (j + 1) * draws]]
                     out[i] = samples * n if greedy else samples
                 bar.update(len(idx))
         return out
+
+
+def _cut(text: str, stop_strings: Sequence[str] | None) -> str:
+    """Drop a stop string and what follows (generation stops after emitting it)."""
+    for stop in stop_strings or ():
+        head, sep, _ = text.partition(stop)
+        if sep and head.strip():
+            text = head
+    return text.strip()
