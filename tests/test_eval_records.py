@@ -178,3 +178,13 @@ def test_keys_and_item_ids():
     assert a.item_id == b.item_id == "i1" and a.key != b.key
     c = EvalRecord("answer", "plain", turns(("human", "Q")), {"question": "Q2"})
     assert c.item_id == "Q2" and c.dataset == "unknown"
+
+
+def test_hub_path_offline_names_the_repo_and_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(FileNotFoundError, match=r"answer\.jsonl.*meg-tong/sycophancy-eval"):
+        S.released_records("hf://meg-tong/sycophancy-eval/answer.jsonl", task="answer", bad_rows=BadRows("error"))
+    with pytest.raises(ValueError, match="hf://<owner>/<dataset>/<file>"):
+        S.hub_file("hf://meg-tong/answer.jsonl")
+    assert S.hub_file("/local/answer.jsonl") == "/local/answer.jsonl"

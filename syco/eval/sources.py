@@ -298,7 +298,26 @@ def released_records(path: str, task: str, bad_rows: BadRows, limit: int | None 
 
     template_of = {"answer": answer_template_of, "are_you_sure": are_you_sure_template_of,
                    "feedback": feedback_template_of, "mimicry": lambda m, b: "misattributed"}[task]
-    return load_released(path, task, bad_rows, template_of, limit)
+    return load_released(hub_file(path), task, bad_rows, template_of, limit)
+
+
+def hub_file(path: str) -> str:
+    """`hf://<owner>/<dataset>/<file>` (e.g. hf://meg-tong/sycophancy-eval/answer.jsonl) is fetched from
+    the hub's dataset repo (or its local cache); any other path is returned as it is."""
+    if not path.startswith("hf://"):
+        return path
+    parts = path[len("hf://"):].split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{path}: expected hf://<owner>/<dataset>/<file>")
+    from huggingface_hub import hf_hub_download
+
+    repo_id, filename = f"{parts[0]}/{parts[1]}", parts[2]
+    try:
+        return hf_hub_download(repo_id, filename, repo_type="dataset")
+    except Exception as err:  # offline, missing file, gated repo: say which and what to do instead
+        raise FileNotFoundError(
+            f"cannot fetch {filename} from the hub dataset {repo_id} ({type(err).__name__}: {err}); "
+            f"without the hub, download it elsewhere and point the source's path at the local file") from err
 
 
 def builtin_poem_records(bad_rows: BadRows, limit: int | None = None, seed: int = 0,
