@@ -52,9 +52,13 @@ class Policy:
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], temperature: float = 1.0, max_new_tokens: int = 128,
                  n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating",
-                 stop_strings: Sequence[str] | None = None) -> list[list[str]]:
+                 stop_strings: Sequence[str] | None = None, share_prompt: bool = True) -> list[list[str]]:
         """n continuations per request (greedy when temperature == 0, then one copy repeated);
-        `stop_strings` end a continuation early (the paper's released notebook stops at "\n")."""
+        `stop_strings` end a continuation early (the paper's released notebook stops at "\n").
+
+        With n > 1 the prompt is prefilled once and its key/value cache copied to the n samples
+        (`share_prompt`); the samples are the same as `generate(num_return_sequences=n)` would draw.
+        """
         if not requests:
             return []
         greedy = temperature <= 0
@@ -63,7 +67,7 @@ class Policy:
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
         config = GenerationConfig(
             do_sample=not greedy, temperature=temperature if not greedy else None, top_p=None, top_k=None,
-            max_new_tokens=max_new_tokens, num_return_sequences=draws, eos_token_id=self.stop_ids,
+            max_new_tokens=max_new_tokens, num_return_sequences=1 if share_prompt else draws, eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(stop_strings) if stop_strings else None,
         )
         out: list[list[str]] = [[] for _ in requests]
@@ -75,7 +79,10 @@ class Policy:
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
-                seqs = self.lm.generate(**batch, generation_config=config, tokenizer=self.tokenizer)
+                if share_prompt and draws > 1:
+                    seqs = self._generate_shared(batch, draws, config)
+                else:
+                    seqs = self.lm.generate(**batch, generation_config=config, tokenizer=self.tokenizer)
                 new = seqs[:, batch["input_ids"].shape[1]:]
                 texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 for j, i in enumerate(idx):
@@ -83,6 +90,24 @@ class Policy:
                     out[i] = samples * n if greedy else samples
                 bar.update(len(idx))
         return out
+
+    def _generate_shared(self, batch: Mapping[str, torch.Tensor], draws: int, config: GenerationConfig) -> torch.Tensor:
+        """Prefill every prompt but its last token once, copy the cache `draws` times (rows stay in
+        num_return_sequences order: all samples of a prompt together), then decode."""
+        from transformers import DynamicCache
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        cache = DynamicCache(config=self.lm.config)
+        if ids.shape[1] > 1:
+            # the position ids generate() would use for left-padded rows
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            self.lm(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                    cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(draws)
+        else:
+            cache = None
+        return self.lm.generate(input_ids=ids.repeat_interleave(draws, 0), attention_mask=mask.repeat_interleave(draws, 0),
+                                cache=cache, generation_config=config, tokenizer=self.tokenizer)
 
 
 def _cut(text: str, stop_strings: Sequence[str] | None) -> str:
