@@ -69,23 +69,34 @@ class SampleStore:
 
 def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],
              desc: str, chunk: int = 64) -> None:
+    """Generate every missing turn of every sample, stage by stage, storing each chunk as it is done.
+    A record with none of its samples yet gets them in one call (the n samples share one prefill)."""
     n = int(gen.get("samples_per_prompt", 1))
     for stage in range(stages):
-        todo = [(r, i) for r in records for i in range(n) if len(store.responses(r, i)) == stage]
-        by_temp: dict[float, list[tuple[EvalRecord, int]]] = {}
-        for r, i in todo:
-            by_temp.setdefault(temperature(r, gen), []).append((r, i))
-        for temp, items in by_temp.items():
-            for start in range(0, len(items), chunk):  # stored chunk by chunk: a crash loses little
-                part = items[start : start + chunk]
-                requests = [stage_request(r, store.responses(r, i)) for r, i in part]
-                outs = policy.generate(requests, temperature=temp, max_new_tokens=int(gen["max_new_tokens"]),
-                                       batch_size=int(gen.get("batch_size", 16)),
-                                       stop_strings=["\n"] if gen.get("stop_at_newline") else None,
-                                       seed=int(gen.get("seed", 0)) + stage * 7919 + start,
-                                       desc=f"{desc} (turn {stage + 1}/{stages})")
-                for (r, i), out in zip(part, outs):
-                    store.put(r, i, store.responses(r, i) + [out[0]])
+        units: dict[float, list[tuple[EvalRecord, list[int]]]] = {}
+        for r in records:
+            todo = [i for i in range(n) if len(store.responses(r, i)) == stage]
+            groups = [todo] if stage == 0 and len(todo) == n > 1 else [[i] for i in todo]
+            units.setdefault(temperature(r, gen), []).extend((r, g) for g in groups if g)
+        for temp, items in units.items():
+            start = 0
+            while start < len(items):  # stored chunk by chunk: a crash loses little
+                part, size = [], 0
+                while start < len(items) and (not part or size + len(items[start][1]) <= chunk):
+                    part.append(items[start])
+                    size += len(items[start][1])
+                    start += 1
+                for draws in sorted({len(g) for _, g in part}):
+                    calls = [(r, g) for r, g in part if len(g) == draws]
+                    outs = policy.generate([stage_request(r, store.responses(r, g[0])) for r, g in calls],
+                                           temperature=temp, max_new_tokens=int(gen["max_new_tokens"]), n=draws,
+                                           batch_size=int(gen.get("batch_size", 16)),
+                                           stop_strings=["\n"] if gen.get("stop_at_newline") else None,
+                                           seed=int(gen.get("seed", 0)) + stage * 7919 + start * 31 + draws,
+                                           desc=f"{desc} (turn {stage + 1}/{stages})")
+                    for (r, g), out in zip(calls, outs):
+                        for i, text in zip(g, out):
+                            store.put(r, i, store.responses(r, i) + [text])
 
 
 def _call(builder: Any, **context: Any) -> Any:
