@@ -1,4 +1,5 @@
-"""Evaluate a policy: `python evaluate.py policy=... eval=...` (SycophancyEval tasks + misconceptions).
+"""Evaluate a policy: `python evaluate.py policy=... eval=...` (SycophancyEval tasks + misconceptions),
+or best-of-n against preference models: `python evaluate.py method=bon bon.k=32 +bon.pms.standard=...`.
 
 Composes the Hydra config (conf/evaluate.yaml), then runs syco.eval.runner.
 """
@@ -13,7 +14,14 @@ from syco.eval.runner import run
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    if cfg.method == "bon":
+        from syco.bon.runner import run_bon
+
+        run_bon(cfg)
+    elif cfg.method == "eval":
+        run(cfg)
+    else:
+        raise ValueError(f"method={cfg.method!r}: choose eval or bon")
 
 
 if __name__ == "__main__":

@@ -243,7 +243,9 @@ def test_mimicry_counts_only_poems_attributed_correctly():
 def test_misconceptions_refutation_rate():
     samples = [sample("misconceptions", "stated", {"dataset": "d", "id": f"m{i}"}, {"refutes": r})
                for i, r in enumerate([True, False, True, None])]
-    assert task_metrics("misconceptions", samples, J)["d"]["refutes"]["value"] == pytest.approx(2 / 3)
+    m = task_metrics("misconceptions", samples, J)["d"]
+    assert m["refutes"]["value"] == pytest.approx(2 / 3) and m["refutes"]["count"] == 3
+    assert m["sycophantic"]["value"] == pytest.approx(1 / 3) and m["sycophantic"]["stderr"] == m["refutes"]["stderr"]
 
 
 # --- verdicts feeding the metrics (rules judge; no generation) -----------------------------------------

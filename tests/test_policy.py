@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
-from conftest import compose_config
 from syco.policy import Policy
 
 

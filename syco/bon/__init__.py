@@ -1,0 +1,1 @@
+"""Best-of-n: sample pools, PM selection, metrics against optimization strength."""

@@ -1,0 +1,169 @@
+"""`python evaluate.py method=bon`: sycophancy against best-of-n optimization strength.
+
+One pool of K samples per eval prompt (generated once, resumable from samples.jsonl), every
+sample judged once, the pool scored by every PM given (cached per PM) and by the oracle, then
+each metric at every n of the grid for every PM, with bootstrap intervals over items.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from syco.bon.estimate import ORACLE, STATISTICS, bootstrap_metrics, expected_samples, n_grid, oracle_scores
+from syco.bon.scoring import pm_spec, score_pools
+from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
+from syco.data.pairs import BadRows
+from syco.eval.judges import CachedJudge
+from syco.eval.runner import SampleStore, build_records, generate
+from syco.eval.tasks import verdicts
+from syco.policy import Policy
+from syco.tracking import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def build_pools(cfg: DictConfig, k: int, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """{task: [{"record", "samples": K samples}]}, generated with the policy (cached and resumable)."""
+    ev = cfg.eval
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    adapter = policy_cfg.pop("adapter", None)
+    policy = Policy(policy_cfg, adapter=adapter, cache_dir=cfg.cache_dir)
+    gen = {**OmegaConf.to_container(ev.generation, resolve=True), "seed": int(cfg.seed), "samples_per_prompt": k}
+    bad_rows = BadRows(ev.get("on_bad_row", "error"))
+    store = SampleStore(run_dir / "samples.jsonl")
+    if store.resumed:
+        log.info("resuming: %d samples already in %s", store.resumed, store.path)
+    pools: dict[str, list[dict[str, Any]]] = {}
+    for task in ev.tasks:
+        records = build_records(task, ev[task], policy, store, gen, bad_rows, int(cfg.seed))
+        generate(records, 1, policy, store, gen, f"{task} pool (K={k})")
+        pools[task] = [{"record": r, "samples": [{"record": r, "index": i, "responses": store.responses(r, i)}
+                                                 for i in range(k)]} for r in records]
+    bad_rows.log_summary()
+    del policy  # the PMs come next: free the policy's memory first
+    gc.collect()
+    return pools
+
+
+def selected(pool: Mapping[str, Any], scores: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One best-of-n draw from the pool (a random n-subset, ties broken at random): for tables."""
+    subset = rng.choice(len(scores), size=n, replace=False)
+    w = best_of_n_weights(scores[subset], n)
+    return pool["samples"][int(subset[rng.choice(n, p=w)])]
+
+
+def run_bon(cfg: DictConfig) -> dict[str, Any]:
+    start = time.time()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bon, ev = cfg.bon, cfg.eval
+    k = int(bon.k)
+    if k < 1:
+        raise ValueError(f"bon.k must be >= 1, got {k}")
+    grid = n_grid(k, bon.get("n_grid"))
+    unsupported = [t for t in ev.tasks if t not in STATISTICS]
+    if unsupported:
+        raise ValueError(f"best-of-n needs single-turn tasks; remove {unsupported} from eval.tasks "
+                         f"(supported: {sorted(STATISTICS)})")
+    prefixes = OmegaConf.to_container(bon.get("prefixes") or {}, resolve=True)
+    specs = [pm_spec(name, OmegaConf.to_container(s, resolve=True) if not isinstance(s, str) else s, prefixes)
+             for name, s in (bon.get("pms") or {}).items() if s is not None]
+    if not specs and not bon.get("oracle", True):
+        raise ValueError("bon.pms is empty and bon.oracle is false: nothing selects the samples")
+
+    pools = build_pools(cfg, k, run_dir)
+    generation_s = time.time() - start
+
+    judge_name = str(bon.judge)
+    if judge_name not in (ev.judges or {}):
+        raise ValueError(f"bon.judge={judge_name!r} is not one of eval.judges {list(ev.judges or {})}")
+    judge = instantiate(ev.judges[judge_name])
+    judge.name = judge_name
+    judge = CachedJudge(judge, run_dir / "judge_cache")
+    for task, task_pools in pools.items():
+        verdicts(task, [s for p in task_pools for s in p["samples"]], judge)
+
+    everything = [p for task_pools in pools.values() for p in task_pools]
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for spec in specs:
+        scores[spec["name"]] = score_pools(spec, everything, run_dir / "pool_scores" / f"{spec['name']}.json",
+                                           cache_dir=cfg.cache_dir, batch_size=int(bon.get("score_batch_size", 16)))
+    if bon.get("oracle", True):
+        scores["oracle"] = {p["record"].key: oracle_scores(task, [s["verdicts"].get(judge_name) for s in p["samples"]])
+                            for task, task_pools in pools.items() if task in ORACLE for p in task_pools}
+
+    results: dict[str, Any] = {}
+    for pm_name, pm_scores in scores.items():
+        results[pm_name] = {}
+        for n in grid:
+            results[pm_name][str(n)] = {}
+            for task, task_pools in pools.items():
+                if not all(p["record"].key in pm_scores for p in task_pools):
+                    continue  # e.g. the oracle on a task without a truth
+                expected = expected_samples(task, task_pools, pm_scores, judge_name, n)
+                results[pm_name][str(n)][task] = bootstrap_metrics(
+                    task, expected, judge_name, rounds=int(bon.get("bootstrap_rounds", 300)),
+                    seed=int(cfg.seed) + n)
+    summary = {
+        "method": "best_of_n",
+        "k": k,
+        "n_grid": grid,
+        "kl_nominal": {str(n): kl_best_of_n(n) for n in grid},
+        "judge": judge_name,
+        "pms": {s["name"]: {"path": s["path"], "prefix": s["prefix"]} for s in specs}
+        | ({"oracle": "truthful verdict"} if "oracle" in scores else {}),
+        "results": results,
+        "pools": {t: len(p) for t, p in pools.items()},
+        "samples": {t: len(p) * k for t, p in pools.items()},
+        "generation_time_s": generation_s,
+        "wall_time_s": time.time() - start,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json_atomic(run_dir / "results.json", summary)
+    from syco.bon.report import plot_results, track
+
+    plots = plot_results(summary, run_dir / "plots")
+    tables = _tables(pools, scores, grid, int(cfg.seed), bon.get("table_n"))
+    track(cfg, summary, plots, tables)
+    _log_summary(summary)
+    return summary
+
+
+def _tables(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapping[str, np.ndarray]],
+            grid: list[int], seed: int, table_n: Any) -> list[list[Any]]:
+    """Rows (task, pm, n, dataset, template, prompt, selected response, verdict) for a W&B table."""
+    ns = sorted({int(n) for n in table_n} & set(grid)) if table_n else sorted({grid[0], grid[len(grid) // 2], grid[-1]})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for task, task_pools in pools.items():
+        for pm_name, pm_scores in scores.items():
+            for p in task_pools:
+                if p["record"].key not in pm_scores:
+                    continue
+                for n in ns:
+                    s = selected(p, pm_scores[p["record"].key], n, rng)
+                    rows.append([task, pm_name, n, p["record"].dataset, p["record"].template,
+                                 p["record"].prompt[0]["content"], s["responses"][0], str(s.get("verdicts", {}))])
+    return rows
+
+
+def _log_summary(summary: Mapping[str, Any]) -> None:
+    for pm_name, by_n in summary["results"].items():
+        for n, by_task in by_n.items():
+            for task, by_dataset in by_task.items():
+                for dataset, metrics in by_dataset.items():
+                    for name in ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect"):
+                        m = metrics.get(name)
+                        if m and m.get("value") is not None:
+                            ci = m.get("ci") or [float("nan")] * 2
+                            log.info("%-10s n=%-4s %-14s %-16s %-26s %.3f [%.3f, %.3f] (n_items=%d)", pm_name, n,
+                                     task, dataset, name, m["value"], ci[0], ci[1], m.get("count", 0))
