@@ -22,6 +22,8 @@ SMALL = [
     "eval.generation.max_new_tokens=6",
     "eval.answer.sources.builtin.limit=3",
     "eval.misconceptions.sources.builtin.limit=3",
+    "bon.probe.limit=2",
+    "bon.probe.max_new_tokens=6",
 ]
 
 
@@ -49,13 +51,15 @@ def test_results_for_every_pm_n_and_task(bon_run):
     r = bon_run["results"]
     assert r["n_grid"] == [1, 2, 4] and r["k"] == 4
     assert set(r["results"]) == {"a", "b", "b_prompted", "oracle"}
-    assert r["samples"] == {"answer": 3 * 4 * 4, "misconceptions": 3 * 4}
+    assert r["samples"] == {"answer": 3 * 4 * 4, "misconceptions": 3 * 4, "misconception_probe/bare": 2,
+                            "misconception_probe/helpful": 2, "misconception_probe/sycophantic": 2 * 4}
     for by_n in r["results"].values():
         assert set(by_n) == {"1", "2", "4"}
         for by_task in by_n.values():
             m = by_task["answer"]["builtin"]["sycophancy"]
             assert m["count"] == 3 and m["ci"][0] <= m["value"] <= m["ci"][1]
             assert "sycophantic" in by_task["misconceptions"]["builtin"]
+            assert by_task["misconception_probe"]["builtin"]["refutes"]["count"] == 2
     # n = 1 does not depend on the PM: it is the mean over the pool
     first = {pm: by_n["1"]["answer"]["builtin"]["accuracy/plain"]["value"] for pm, by_n in r["results"].items()}
     assert max(first.values()) - min(first.values()) < 1e-12
@@ -65,13 +69,29 @@ def test_results_for_every_pm_n_and_task(bon_run):
     assert r["kl_nominal"]["1"] == 0.0
 
 
+def test_probe_preferences_per_pm(bon_run):
+    prefs = bon_run["results"]["probe_preferences"]
+    assert set(prefs) == {"a", "b", "b_prompted"}  # PMs only: the oracle has no scores for written replies
+    for by_dataset in prefs.values():
+        for dataset in ("all", "builtin"):
+            rates = by_dataset[dataset]
+            assert rates["valid_items"]["count"] == 2
+            for truthful in ("bare", "helpful"):
+                m = rates[f"prefers_sycophantic_over_{truthful}_all_items"]
+                assert m["count"] == 2 and m["value"] in (0.0, 0.5, 1.0)
+                # over items whose replies took the intended stance only: undefined when there are none
+                valid = rates[f"prefers_sycophantic_over_{truthful}"]
+                assert (valid["value"] is None) == (valid["count"] == 0)
+
+
 def test_plots_and_score_caches(bon_run):
     run = bon_run["dir"]
     assert (run / "plots" / "answer_sycophancy.png").stat().st_size > 1000
     assert (run / "plots" / "misconceptions_sycophantic.png").is_file()
     a = json.loads((run / "pool_scores" / "a.json").read_text())
     b = json.loads((run / "pool_scores" / "b.json").read_text())
-    assert len(a["scores"]) == 3 * 4 + 3 and all(len(v) == 4 for v in a["scores"].values())
+    assert len(a["scores"]) == 3 * 4 + 3 + 3 * 2
+    assert sorted({len(v) for v in a["scores"].values()}) == [1, 4]
     assert a["scores"] != b["scores"]
     prompted = json.loads((run / "pool_scores" / "b_prompted.json").read_text())
     assert prompted["scores"] != b["scores"]  # the prefix changes the scores
@@ -83,7 +103,7 @@ def test_rerun_resumes_pool_and_scores(bon_run):
     proc = evaluate(run, *SMALL, f"+bon.pms.a={a}", f"+bon.pms.b={b}",
                     f"+bon.pms.b_prompted={{path: {b}, prefix: truthful}}")
     out = proc.stdout + proc.stderr
-    assert "resuming: 60 samples" in out and "scoring" not in out
+    assert "resuming: 72 samples" in out and "scoring" not in out
     after = json.loads((run / "results.json").read_text())
     assert after["results"] == bon_run["results"]["results"]
     assert len((run / "samples.jsonl").read_text().splitlines()) == len(before.splitlines())

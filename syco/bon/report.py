@@ -18,6 +18,7 @@ HEADLINE = (
     ("misconceptions", "sycophantic"),
     ("feedback", "sycophancy"),
     ("mimicry", "mimicry"),
+    ("misconception_probe", "refutes"),  # section 4.3: truthful fraction, policy prompted to be sycophantic
 )
 
 

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from syco.bon.estimate import ORACLE, STATISTICS, bootstrap_metrics, expected_samples, n_grid, oracle_scores
+from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
 from syco.bon.scoring import pm_spec, score_pools
 from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
 from syco.data.pairs import BadRows
@@ -29,6 +30,7 @@ from syco.policy import Policy
 from syco.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
+PROBE = "misconception_probe"  # pool names of the section 4.3 probe: misconception_probe/<reply kind>
 
 
 def build_pools(cfg: DictConfig, k: int, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -46,12 +48,29 @@ def build_pools(cfg: DictConfig, k: int, run_dir: Path) -> dict[str, list[dict[s
     for task in ev.tasks:
         records = build_records(task, ev[task], policy, store, gen, bad_rows, int(cfg.seed))
         generate(records, 1, policy, store, gen, f"{task} pool (K={k})")
-        pools[task] = [{"record": r, "samples": [{"record": r, "index": i, "responses": store.responses(r, i)}
-                                                 for i in range(k)]} for r in records]
+        pools[task] = [_pool(r, store, k) for r in records]
+    probe = cfg.bon.get("probe") or {}
+    if any(v is not None for v in (probe.get("sources") or {}).values()):
+        written = probe_records(probe.sources, bad_rows, probe.get("limit"), int(cfg.seed))
+        pgen = {**gen, "stop_at_newline": False, "max_new_tokens": int(probe.get("max_new_tokens", 96))}
+        for kind, records in written.items():
+            size = k if kind == "sycophantic" else 1  # the first sycophantic sample is the written reply
+            generate(records, 1, policy, store, {**pgen, "samples_per_prompt": size}, f"probe: {kind} (x{size})")
+            pools[f"{PROBE}/{kind}"] = [dialogue_pool(r, _pool(r, store, size)["samples"]) for r in records]
     bad_rows.log_summary()
     del policy  # the PMs come next: free the policy's memory first
     gc.collect()
     return pools
+
+
+def _pool(record: Any, store: SampleStore, size: int) -> dict[str, Any]:
+    return {"record": record, "samples": [{"record": record, "index": i, "responses": store.responses(record, i)}
+                                          for i in range(size)]}
+
+
+def _task(pool_name: str) -> str:
+    """The evaluation task whose verdicts and metrics a pool uses (probe pools: misconceptions)."""
+    return "misconceptions" if pool_name.startswith(PROBE) else pool_name
 
 
 def selected(pool: Mapping[str, Any], scores: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -89,8 +108,8 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     judge = instantiate(ev.judges[judge_name])
     judge.name = judge_name
     judge = CachedJudge(judge, run_dir / "judge_cache")
-    for task, task_pools in pools.items():
-        verdicts(task, [s for p in task_pools for s in p["samples"]], judge)
+    for name, task_pools in pools.items():
+        verdicts(_task(name), [s for p in task_pools for s in p["samples"]], judge)
 
     everything = [p for task_pools in pools.values() for p in task_pools]
     scores: dict[str, dict[str, np.ndarray]] = {}
@@ -98,21 +117,33 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
         scores[spec["name"]] = score_pools(spec, everything, run_dir / "pool_scores" / f"{spec['name']}.json",
                                            cache_dir=cfg.cache_dir, batch_size=int(bon.get("score_batch_size", 16)))
     if bon.get("oracle", True):
-        scores["oracle"] = {p["record"].key: oracle_scores(task, [s["verdicts"].get(judge_name) for s in p["samples"]])
-                            for task, task_pools in pools.items() if task in ORACLE for p in task_pools}
+        scores["oracle"] = {p["record"].key: oracle_scores(_task(name), [s["verdicts"].get(judge_name)
+                                                                        for s in p["samples"]])
+                            for name, task_pools in pools.items() if _task(name) in ORACLE for p in task_pools}
 
     results: dict[str, Any] = {}
     for pm_name, pm_scores in scores.items():
         results[pm_name] = {}
         for n in grid:
             results[pm_name][str(n)] = {}
-            for task, task_pools in pools.items():
+            for name, task_pools in pools.items():
+                if name.startswith(PROBE) and name != f"{PROBE}/sycophantic":
+                    continue  # one written reply per item: no best-of-n
                 if not all(p["record"].key in pm_scores for p in task_pools):
                     continue  # e.g. the oracle on a task without a truth
-                expected = expected_samples(task, task_pools, pm_scores, judge_name, n)
-                results[pm_name][str(n)][task] = bootstrap_metrics(
-                    task, expected, judge_name, rounds=int(bon.get("bootstrap_rounds", 300)),
+                expected = expected_samples(_task(name), task_pools, pm_scores, judge_name, n)
+                results[pm_name][str(n)][name.split("/")[0]] = bootstrap_metrics(
+                    _task(name), expected, judge_name, rounds=int(bon.get("bootstrap_rounds", 300)),
                     seed=int(cfg.seed) + n)
+    preferences = {}
+    if f"{PROBE}/sycophantic" in pools:
+        written = {kind: [p["samples"][0] for p in pools[f"{PROBE}/{kind}"]] for kind in INSTRUCTIONS}
+        for pm_name in [s["name"] for s in specs]:
+            by_kind = {kind: first_scores(pools[f"{PROBE}/{kind}"], scores[pm_name]) for kind in INSTRUCTIONS}
+            preferences[pm_name] = {"all": preference_rates(written, by_kind, judge_name)}
+            for dataset in sorted({s["record"].dataset for s in written["sycophantic"]}):
+                part = {kind: [s for s in ss if s["record"].dataset == dataset] for kind, ss in written.items()}
+                preferences[pm_name][dataset] = preference_rates(part, by_kind, judge_name)
     summary = {
         "method": "best_of_n",
         "k": k,
@@ -122,8 +153,9 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
         "pms": {s["name"]: {"path": s["path"], "prefix": s["prefix"]} for s in specs}
         | ({"oracle": "truthful verdict"} if "oracle" in scores else {}),
         "results": results,
+        "probe_preferences": preferences,
         "pools": {t: len(p) for t, p in pools.items()},
-        "samples": {t: len(p) * k for t, p in pools.items()},
+        "samples": {t: sum(len(x["samples"]) for x in p) for t, p in pools.items()},
         "generation_time_s": generation_s,
         "wall_time_s": time.time() - start,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -147,9 +179,9 @@ def _tables(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapp
     for task, task_pools in pools.items():
         for pm_name, pm_scores in scores.items():
             for p in task_pools:
-                if p["record"].key not in pm_scores:
+                if p["record"].key not in pm_scores or len(p["samples"]) < 2:
                     continue
-                for n in ns:
+                for n in (n for n in ns if n <= len(p["samples"])):
                     s = selected(p, pm_scores[p["record"].key], n, rng)
                     rows.append([task, pm_name, n, p["record"].dataset, p["record"].template,
                                  p["record"].prompt[0]["content"], s["responses"][0], str(s.get("verdicts", {}))])
@@ -161,9 +193,15 @@ def _log_summary(summary: Mapping[str, Any]) -> None:
         for n, by_task in by_n.items():
             for task, by_dataset in by_task.items():
                 for dataset, metrics in by_dataset.items():
-                    for name in ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect"):
+                    for name in ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes"):
                         m = metrics.get(name)
                         if m and m.get("value") is not None:
                             ci = m.get("ci") or [float("nan")] * 2
                             log.info("%-10s n=%-4s %-14s %-16s %-26s %.3f [%.3f, %.3f] (n_items=%d)", pm_name, n,
                                      task, dataset, name, m["value"], ci[0], ci[1], m.get("count", 0))
+    for pm_name, by_dataset in summary.get("probe_preferences", {}).items():
+        for dataset, rates in by_dataset.items():
+            for name, m in rates.items():
+                if m.get("value") is not None:
+                    se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+                    log.info("%-10s probe %-10s %-44s %.3f%s (n=%d)", pm_name, dataset, name, m["value"], se, m["count"])

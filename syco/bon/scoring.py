@@ -45,7 +45,8 @@ def fingerprint(spec: Mapping[str, Any]) -> str:
 
 def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cache_file: Path,
                 cache_dir: Path | None = None, batch_size: int = 16, chunk: int = 32) -> dict[str, np.ndarray]:
-    """{record key: [K] scores} for every pool; `pools[j]` = {"record", "samples"}."""
+    """{record key: [K] scores} for every pool; `pools[j]` = {"record", "samples", optional "prompt": the
+    messages the PM scores the samples behind, when they differ from the record's own}."""
     fp = fingerprint(spec)
     cached: dict[str, list[float]] = {}
     if cache_file.is_file():
@@ -65,6 +66,8 @@ def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cac
             prompts, responses, owners = [], [], []
             for p in part:
                 messages, prefill = p["record"].messages()
+                if p.get("prompt") is not None:  # the PM sees another prompt than the policy did
+                    messages, prefill = p["prompt"], None
                 for s in p["samples"]:
                     prompts.append(messages)
                     responses.append((prefill or "") + s["responses"][0])
