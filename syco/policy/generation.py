@@ -52,7 +52,8 @@ class Policy:
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], temperature: float = 1.0, max_new_tokens: int = 128,
                  n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating",
-                 stop_strings: Sequence[str] | None = None, share_prompt: bool = True) -> list[list[str]]:
+                 stop_strings: Sequence[str] | None = None, share_prompt: bool = True,
+                 min_new_tokens: int = 0) -> list[list[str]]:
         """n continuations per request (greedy when temperature == 0, then one copy repeated);
         `stop_strings` end a continuation early (the paper's released notebook stops at "\n").
 
@@ -67,7 +68,7 @@ class Policy:
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
         config = GenerationConfig(
             do_sample=not greedy, temperature=temperature if not greedy else None, top_p=None, top_k=None,
-            max_new_tokens=max_new_tokens, num_return_sequences=1 if share_prompt else draws, eos_token_id=self.stop_ids,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None, num_return_sequences=1 if share_prompt else draws, eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(stop_strings) if stop_strings else None,
         )
         out: list[list[str]] = [[] for _ in requests]
