@@ -112,5 +112,5 @@ def test_rerun_resumes_pool_and_scores(bon_run):
 def test_bad_pm_path_and_multi_turn_task_fail_clearly(tmp_path):
     proc = evaluate(tmp_path / "r1", *SMALL, f"+bon.pms.x={tmp_path / 'nowhere'}", check=False)
     assert proc.returncode != 0 and "bon.pms.x" in proc.stderr and "not an exported syco PM" in proc.stderr
-    proc = evaluate(tmp_path / "r2", *SMALL, "eval.tasks=[are_you_sure]", check=False)
+    proc = evaluate(tmp_path / "r2", *SMALL, "bon.tasks=[are_you_sure]", check=False)
     assert proc.returncode != 0 and "single-turn tasks" in proc.stderr

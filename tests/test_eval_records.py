@@ -188,3 +188,16 @@ def test_hub_path_offline_names_the_repo_and_file(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="hf://<owner>/<dataset>/<file>"):
         S.hub_file("hf://meg-tong/answer.jsonl")
     assert S.hub_file("/local/answer.jsonl") == "/local/answer.jsonl"
+
+
+def test_heldout_items_are_those_a_belief_pair_pm_never_saw():
+    from syco.data.beliefs import load_facts, load_misconceptions, split_items
+
+    facts, miscs = load_facts("builtin", BadRows("error")), load_misconceptions("builtin", BadRows("error"))
+    train_ids = {it.id for it in split_items(facts + miscs, 0.25, 0, heldout=False)}
+    answer = S.answer_records("builtin", BadRows("error"), heldout_fraction=0.25, split_seed=0)
+    stated = S.misconception_records("builtin", BadRows("error"), heldout_fraction=0.25, split_seed=0)
+    ids = {r.base["id"] for r in answer} | {r.base["id"] for r in stated}
+    assert ids and not ids & train_ids
+    assert 0.15 < len({r.base["id"] for r in answer}) / len(facts) < 0.35
+    assert len(S.answer_records("builtin", BadRows("error"))) == 4 * len(facts)  # no filter by default

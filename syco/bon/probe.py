@@ -33,8 +33,8 @@ INSTRUCTIONS = {
 INTENDED_REFUTES = {"bare": True, "helpful": True, "sycophantic": False}
 
 
-def probe_records(sources: Mapping[str, Any], bad_rows: BadRows, limit: int | None, seed: int
-                  ) -> dict[str, list[EvalRecord]]:
+def probe_records(sources: Mapping[str, Any], bad_rows: BadRows, limit: int | None, seed: int,
+                  heldout_fraction: float | None = None, split_seed: int = 0) -> dict[str, list[EvalRecord]]:
     """{"bare" | "helpful" | "sycophantic": one writing request per misconception}, per source.
 
     The records keep the misconceptions task's `base` (so the judge's verdicts apply) and carry the
@@ -43,7 +43,8 @@ def probe_records(sources: Mapping[str, Any], bad_rows: BadRows, limit: int | No
     for source in sources.values():
         if source is None:
             continue
-        for rec in misconception_records(str(source), bad_rows, limit=limit, seed=seed):
+        for rec in misconception_records(str(source), bad_rows, limit=limit, seed=seed,
+                                         heldout_fraction=heldout_fraction, split_seed=split_seed):
             message = rec.prompt[0]["content"]
             truth = str(rec.base.get("truth") or "").rstrip(".")
             for kind, instruction in INSTRUCTIONS.items():

@@ -45,13 +45,14 @@ def build_pools(cfg: DictConfig, k: int, run_dir: Path) -> dict[str, list[dict[s
     if store.resumed:
         log.info("resuming: %d samples already in %s", store.resumed, store.path)
     pools: dict[str, list[dict[str, Any]]] = {}
-    for task in ev.tasks:
+    for task in cfg.bon.tasks:
         records = build_records(task, ev[task], policy, store, gen, bad_rows, int(cfg.seed))
         generate(records, 1, policy, store, gen, f"{task} pool (K={k})")
         pools[task] = [_pool(r, store, k) for r in records]
     probe = cfg.bon.get("probe") or {}
     if any(v is not None for v in (probe.get("sources") or {}).values()):
-        written = probe_records(probe.sources, bad_rows, probe.get("limit"), int(cfg.seed))
+        written = probe_records(probe.sources, bad_rows, probe.get("limit"), int(cfg.seed),
+                                probe.get("heldout_fraction"), int(probe.get("split_seed", 0)))
         pgen = {**gen, "stop_at_newline": False, "max_new_tokens": int(probe.get("max_new_tokens", 96))}
         for kind, records in written.items():
             size = k if kind == "sycophantic" else 1  # the first sycophantic sample is the written reply
@@ -89,9 +90,9 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     if k < 1:
         raise ValueError(f"bon.k must be >= 1, got {k}")
     grid = n_grid(k, bon.get("n_grid"))
-    unsupported = [t for t in ev.tasks if t not in STATISTICS]
+    unsupported = [t for t in bon.tasks if t not in STATISTICS]
     if unsupported:
-        raise ValueError(f"best-of-n needs single-turn tasks; remove {unsupported} from eval.tasks "
+        raise ValueError(f"best-of-n needs single-turn tasks; remove {unsupported} from bon.tasks "
                          f"(supported: {sorted(STATISTICS)})")
     prefixes = OmegaConf.to_container(bon.get("prefixes") or {}, resolve=True)
     specs = [pm_spec(name, OmegaConf.to_container(s, resolve=True) if not isinstance(s, str) else s, prefixes)

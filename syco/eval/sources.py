@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from syco.data.beliefs import BUILTIN, BeliefItem, load_facts, load_misconceptions, load_truthfulqa
+from syco.data.beliefs import BUILTIN, BeliefItem, load_facts, load_misconceptions, load_truthfulqa, split_items
 from syco.data.pairs import BadRowError, BadRows, iter_jsonl, require_text
 from syco.eval import templates as T
 from syco.eval.records import EvalRecord, turns
@@ -24,14 +24,20 @@ def _sample(items: list, limit: int | None, seed: int) -> list:
     return random.Random(seed).sample(items, limit)
 
 
-def _items(source: str, kind: str, bad_rows: BadRows) -> list[BeliefItem]:
-    """`builtin` or a TruthfulQA.csv path; kind 'fact' or 'misconception'."""
+def _items(source: str, kind: str, bad_rows: BadRows, heldout_fraction: float | None = None,
+           split_seed: int = 0) -> list[BeliefItem]:
+    """`builtin` or a TruthfulQA.csv path; kind 'fact' or 'misconception'. With `heldout_fraction`,
+    only the items a PM trained on belief pairs (same fraction and split seed) never saw."""
     if source == BUILTIN:
-        return load_facts(BUILTIN, bad_rows) if kind == "fact" else load_misconceptions(BUILTIN, bad_rows)
-    if Path(source).suffix == ".csv":
+        items = load_facts(BUILTIN, bad_rows) if kind == "fact" else load_misconceptions(BUILTIN, bad_rows)
+    elif Path(source).suffix == ".csv":
         items = load_truthfulqa(source, bad_rows)
-        return items if kind == "fact" else [i for i in items if i.kind == "misconception"]
-    return load_facts(source, bad_rows) if kind == "fact" else load_misconceptions(source, bad_rows)
+        items = items if kind == "fact" else [i for i in items if i.kind == "misconception"]
+    else:
+        items = load_facts(source, bad_rows) if kind == "fact" else load_misconceptions(source, bad_rows)
+    if heldout_fraction is None:
+        return items
+    return split_items(items, float(heldout_fraction), int(split_seed), heldout=True)
 
 
 def _dataset_name(source: str) -> str:
@@ -40,8 +46,9 @@ def _dataset_name(source: str) -> str:
 
 # --- answer sycophancy -------------------------------------------------------------------------
 def answer_records(source: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
-                   templates: Sequence[str] = tuple(T.ANSWER_TEMPLATES)) -> list[EvalRecord]:
-    items = _sample(_items(source, "fact", bad_rows), limit, seed)
+                   templates: Sequence[str] = tuple(T.ANSWER_TEMPLATES), heldout_fraction: float | None = None,
+                   split_seed: int = 0) -> list[EvalRecord]:
+    items = _sample(_items(source, "fact", bad_rows, heldout_fraction, split_seed), limit, seed)
     out = []
     for it in items:
         base = {"dataset": _dataset_name(source), "id": it.id, "question": it.question, "correct_answer": it.truth,
@@ -262,10 +269,10 @@ def mimicry_records(poems: Sequence[dict[str, Any]], dataset: str, wrong_per_poe
 
 
 # --- misconceptions ----------------------------------------------------------------------------
-def misconception_records(source: str, bad_rows: BadRows, limit: int | None = None,
-                          seed: int = 0) -> list[EvalRecord]:
+def misconception_records(source: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
+                          heldout_fraction: float | None = None, split_seed: int = 0) -> list[EvalRecord]:
     out = []
-    for it in _sample(_items(source, "misconception", bad_rows), limit, seed):
+    for it in _sample(_items(source, "misconception", bad_rows, heldout_fraction, split_seed), limit, seed):
         claim = it.falsehood if it.falsehood.endswith((".", "?", "!")) else it.falsehood + "."
         base = {"dataset": _dataset_name(source), "id": it.id, "question": it.question, "misconception": claim,
                 "truth": it.truth}
