@@ -1,0 +1,64 @@
+"""Masked statistics, whitening and generalized advantage estimation (pure; no Lightning).
+
+Tensors are [batch, time] over response tokens; `mask` is 1 on real response tokens and 0 on
+padding. Responses may be left- or right-padded: GAE runs backwards over the masked tokens only,
+so a padding step neither discounts nor bootstraps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        total = mask.sum()
+        if total == 0:
+            raise ValueError("masked_mean over an empty mask")
+        return (x * mask).sum() / total
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if unbiased:
+        if n < 2:
+            raise ValueError("unbiased masked_var needs at least 2 unmasked values")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the unmasked entries; masked entries are returned as 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns (advantages + values) by GAE over each row's masked tokens.
+
+    delta_t = r_t + gamma * V(next) - V_t and A_t = delta_t + gamma * lam * A(next), where "next"
+    is the next unmasked token of the row (V = 0 and A = 0 after the last one)."""
+    if not (rewards.shape == values.shape == mask.shape) or rewards.dim() != 2:
+        raise ValueError(f"rewards, values, mask must be equal [batch, time]; got {tuple(rewards.shape)}, "
+                         f"{tuple(values.shape)}, {tuple(mask.shape)}")
+    m = mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        # on padding keep carrying the next real token's value and advantage unchanged
+        advantages[:, t] = adv * m[:, t]
+        next_value = torch.where(m[:, t] > 0, values[:, t], next_value)
+        next_adv = torch.where(m[:, t] > 0, adv, next_adv)
+    returns = (advantages + values) * m
+    return advantages, returns

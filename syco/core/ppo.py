@@ -1,0 +1,57 @@
+"""PPO's clipped policy and value losses, and per-token rewards (pure; no Lightning)."""
+
+from __future__ import annotations
+
+import torch
+
+from syco.core.advantages import masked_mean
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """-kl_coef * KL on every response token, plus the sequence score on its last real token."""
+    if scores.dim() != 1 or scores.shape[0] != kl.shape[0] or kl.shape != mask.shape:
+        raise ValueError(f"scores [batch], kl and mask [batch, time] expected; got {tuple(scores.shape)}, "
+                         f"{tuple(kl.shape)}, {tuple(mask.shape)}")
+    m = mask.to(kl.dtype)
+    if not (m.sum(1) > 0).all():
+        raise ValueError("a response has no tokens")
+    rewards = -kl_coef * kl * m
+    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
+    last = torch.where(m > 0, positions, -1).max(dim=1).values
+    rewards[torch.arange(m.shape[0], device=m.device), last] += scores.to(kl.dtype)
+    return rewards
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_range: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), mask),
+            "approxkl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range_value: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).to(values.dtype), mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of the categorical distribution given by logits [..., vocab]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
