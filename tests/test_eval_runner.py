@@ -192,3 +192,14 @@ def test_malformed_released_file_fails_with_file_and_line(tmp_path):
     rows = sample_lines(tmp_path / "skip")
     assert sorted(row["template"] for row in rows) == ["plain", "suggest_incorrect"]
     assert {row["source"] for row in rows} == {f"{bad}:1", f"{bad}:3"}
+
+
+def test_markdown_report_of_results(first_run):
+    from syco.eval.report import markdown
+
+    table = markdown(first_run["results"], tasks=["answer", "are_you_sure"])
+    assert "**answer** (judge: rules" in table and "**are_you_sure**" in table and "**mimicry**" not in table
+    m = first_run["results"]["results"]["answer"]["rules"]["builtin"]["accuracy/plain"]
+    want = "undefined" if m["value"] is None else f"{m['value']:.3f}"
+    assert f"| accuracy/plain | {want}" in table
+    assert "admits_mistake" in table
