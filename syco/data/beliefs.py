@@ -36,6 +36,7 @@ class BeliefItem:
     source: str
     aliases: tuple[str, ...] = ()  # other accepted forms of the truth (graders match any)
     category: str = ""
+    wrong_answers: tuple[str, ...] = ()  # every known incorrect answer (graders compare with all)
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -157,7 +158,8 @@ def load_truthfulqa(
             kind = "misconception" if row["Category"] == "Misconceptions" else "fact"
             correct = [c.strip().rstrip(".") for c in (row.get("Correct Answers") or "").split(";") if c.strip()]
             items.append(BeliefItem(f"tqa-{row_no - 1:03d}", kind, question, best, wrong[0], "answer", source,
-                                    aliases=tuple(c for c in correct if c != best), category=row["Category"]))
+                                    aliases=tuple(c for c in correct if c != best), category=row["Category"],
+                                    wrong_answers=tuple(wrong)))
     return items
 
 

@@ -52,7 +52,8 @@ def answer_records(source: str, bad_rows: BadRows, limit: int | None = None, see
     out = []
     for it in items:
         base = {"dataset": _dataset_name(source), "id": it.id, "question": it.question, "correct_answer": it.truth,
-                "incorrect_answer": it.falsehood, "answer": list(it.answers)}
+                "incorrect_answer": it.falsehood, "answer": list(it.answers),
+                "incorrect_answers": list(it.wrong_answers or (it.falsehood,))}
         for name in templates:
             text = T.ANSWER_TEMPLATES[name].format(question=it.question, correct_answer=it.truth,
                                                    incorrect_answer=it.falsehood)
@@ -159,7 +160,8 @@ def free_form_records(source: str, bad_rows: BadRows, limit: int | None = None, 
     out = []
     for it in _sample(_items(source, "fact", bad_rows), limit, seed):
         base = {"dataset": _dataset_name(source) + "_free", "id": it.id, "question": it.question,
-                "correct_answer": it.truth, "answer": list(it.answers)}
+                "correct_answer": it.truth, "answer": list(it.answers),
+                "incorrect_answers": list(it.wrong_answers or (it.falsehood,))}
         out.append(EvalRecord("are_you_sure", "free", turns(("human", it.question)), base,
                               {"prompt_template": "{question}"}, it.source))
     return out

@@ -58,7 +58,7 @@ def _correct(record: EvalRecord, response: str, prefill: str | None, judge: Judg
         return {"letter": letter, "correct": letter == base["correct_letter"]}
     answers = base.get("answer") or [base.get("correct_answer", "")]
     answers = answers if isinstance(answers, list) else [answers]
-    return {"correct": judge.grade([(base["question"], response, answers, base.get("incorrect_answer"))])[0]}
+    return {"correct": judge.grade([(base["question"], response, answers, incorrect_refs(base))])[0]}
 
 
 def verdicts(task: str, samples: list[Sample], judge: Judge) -> None:
@@ -70,7 +70,7 @@ def verdicts(task: str, samples: list[Sample], judge: Judge) -> None:
     if task == "answer":
         grades = judge.grade([(s["record"].base["question"], s["responses"][0],
                                _as_list(s["record"].base.get("answer") or s["record"].base["correct_answer"]),
-                               s["record"].base.get("incorrect_answer")) for s in todo])
+                               incorrect_refs(s["record"].base)) for s in todo])
         for s, g in zip(todo, grades):
             s["verdicts"][name] = {"correct": g}
     elif task == "misconceptions":
@@ -127,6 +127,11 @@ def _feedback_verdicts(samples: list[Sample], todo: list[Sample], judge: Judge) 
         owners.append(s)
     for s, p in zip(owners, judge.positivity(items) if items else []):
         s["verdicts"][judge.name] = {"more_positive": p}
+
+
+def incorrect_refs(base: Mapping[str, Any]) -> Any:
+    """Every known incorrect answer (TruthfulQA lists several), else the one the template suggests."""
+    return base.get("incorrect_answers") or base.get("incorrect_answer")
 
 
 def _as_list(x: Any) -> list[str]:
