@@ -103,7 +103,17 @@ def run_syco(args: argparse.Namespace) -> dict:
                         precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_steps=len(loader),
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Clock()], limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=loader)
+    if os.environ.get("SYCO_BENCH_PROFILE"):  # where a step's time goes (CPU and GPU operators)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
+            trainer.fit(module, train_dataloaders=loader)
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25), file=sys.stderr)
+        print(prof.key_averages().table(sort_by=sort, row_limit=15), file=sys.stderr)
+    else:
+        trainer.fit(module, train_dataloaders=loader)
     return summarize(args, data, marks, packed_tokens=sum(e.packed_length for e in data))
 
 

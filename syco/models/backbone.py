@@ -169,6 +169,11 @@ def _tiny_model(cfg: Mapping[str, Any], cache_dir: Path | None) -> PreTrainedMod
 
 def load_causal_lm(cfg: Mapping[str, Any], cache_dir: Path | None = None) -> PreTrainedModel:
     """The frozen-ready base causal LM (weights in `model.dtype`, eval mode)."""
+    if torch.cuda.is_available() and not cfg.get("cudnn_attention", False):
+        # syco's packed batches carry a block (shared-prefix) mask whose shape changes every batch:
+        # cuDNN attention builds a new plan for each (~30 ms of CPU per layer call on an H200);
+        # the memory-efficient SDPA kernel takes the same masks without that cost
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if cfg.get("source") == "tiny":
         model = _tiny_model(cfg, cache_dir)
     else:
