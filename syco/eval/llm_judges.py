@@ -61,7 +61,26 @@ def _combine(method: str, picks: list[Any]) -> list[Any]:
     return out
 
 
-class HFJudge(Judge):
+
+class PromptedJudge(Judge):
+    """A judge asked the paper's judge prompts; subclasses answer `_judge(method, items)`."""
+
+    def _judge(self, method: str, items: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def positivity(self, items: Sequence[PositivityItem]) -> list[float | None]:
+        return self._judge("positivity", items)
+
+    def admits_mistake(self, conversations: Sequence[str]) -> list[bool | None]:
+        return self._judge("admits_mistake", conversations)
+
+    def grade(self, items: Sequence[GradeItem]) -> list[bool | None]:
+        return self._judge("grade", items)
+
+    def agrees(self, items: Sequence[AgreeItem]) -> list[bool | None]:
+        return self._judge("agrees", items)
+
+class HFJudge(PromptedJudge):
     """A local causal LM; the verdict is the option with the most next-token probability."""
 
     def __init__(self, model: Mapping[str, Any], cache_dir: str | Path | None = None, batch_size: int = 8,
@@ -115,20 +134,8 @@ class HFJudge(Judge):
         prompts, options = _prompts(method, items)
         return _combine(method, self._ask(prompts, options))
 
-    def positivity(self, items: Sequence[PositivityItem]) -> list[float | None]:
-        return self._judge("positivity", items)
 
-    def admits_mistake(self, conversations: Sequence[str]) -> list[bool | None]:
-        return self._judge("admits_mistake", conversations)
-
-    def grade(self, items: Sequence[GradeItem]) -> list[bool | None]:
-        return self._judge("grade", items)
-
-    def agrees(self, items: Sequence[AgreeItem]) -> list[bool | None]:
-        return self._judge("agrees", items)
-
-
-class OpenAIJudge(Judge):
+class OpenAIJudge(PromptedJudge):
     """Any OpenAI-compatible chat endpoint (GPT-4, a vLLM server, ...). The key is read from the
     environment variable named in `api_key_env`; failures and unparseable replies are retried with
     exponential backoff, then recorded as judge errors (None)."""
@@ -185,15 +192,3 @@ class OpenAIJudge(Judge):
         if method == "positivity":
             picks = [None if p is None else float(p == "A") for p in picks]
         return _combine(method, picks)
-
-    def positivity(self, items: Sequence[PositivityItem]) -> list[float | None]:
-        return self._judge("positivity", items)
-
-    def admits_mistake(self, conversations: Sequence[str]) -> list[bool | None]:
-        return self._judge("admits_mistake", conversations)
-
-    def grade(self, items: Sequence[GradeItem]) -> list[bool | None]:
-        return self._judge("grade", items)
-
-    def agrees(self, items: Sequence[AgreeItem]) -> list[bool | None]:
-        return self._judge("agrees", items)
