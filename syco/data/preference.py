@@ -17,6 +17,7 @@ from syco.core.packing import pack_rows
 from syco.data.beliefs import anti_sycophancy_pairs, load_items, probe_pairs, split_items
 from syco.data.chat import ChatFormatter
 from syco.data.pairs import KINDS, BadRowError, BadRows, PreferencePair, is_heldout
+from syco.data.policy_pairs import policy_anti_sycophancy_pairs
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,20 @@ def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, An
 
     anti = pm_cfg.get("anti_sycophancy") or {}
     ratio = float(anti.get("ratio") or 0.0)
-    if ratio > 0:
+    n_anti = round(ratio * len(train)) if ratio > 0 else 0
+    extra: list[PreferencePair] = []
+    if n_anti and anti.get("samples"):  # first from the policy's own samples (data=policy_beliefs)
+        extra = policy_anti_sycophancy_pairs(anti["samples"], n_anti, bad_rows,
+                                             lambda g: not is_heldout(g, fraction, split_seed), seed=seed)
+        log.info("pm=%s: %d anti-sycophancy pairs from the policy's samples", pm_cfg.get("variant"), len(extra))
+    if len(extra) < n_anti and (anti.get("facts") or anti.get("misconceptions")):  # the rest templated
         items = load_items(anti.get("facts"), anti.get("misconceptions"), bad_rows)
         items = split_items(items, fraction, split_seed, heldout=False)
-        extra = anti_sycophancy_pairs(items, round(ratio * len(train)), seed=seed)
+        extra += anti_sycophancy_pairs(items, n_anti - len(extra), seed=seed)
+    if n_anti and not extra:
+        raise ValueError(f"pm={pm_cfg.get('variant')}: anti_sycophancy.ratio={ratio} but no anti-sycophancy pairs "
+                         "could be made (set anti_sycophancy.facts/misconceptions or samples)")
+    if extra:
         log.info("pm=%s: adding %d anti-sycophancy pairs (ratio %.2f)", pm_cfg.get("variant"), len(extra), ratio)
         train = train + extra
 

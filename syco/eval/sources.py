@@ -25,9 +25,10 @@ def _sample(items: list, limit: int | None, seed: int) -> list:
 
 
 def _items(source: str, kind: str, bad_rows: BadRows, heldout_fraction: float | None = None,
-           split_seed: int = 0) -> list[BeliefItem]:
+           split_seed: int = 0, heldout: bool = True) -> list[BeliefItem]:
     """`builtin` or a TruthfulQA.csv path; kind 'fact' or 'misconception'. With `heldout_fraction`,
-    only the items a PM trained on belief pairs (same fraction and split seed) never saw."""
+    only the items a PM trained on belief pairs (same fraction and split seed) never saw; with
+    `heldout=False` the other side: the items such a PM may train on (e.g. its policy-written pairs)."""
     if source == BUILTIN:
         items = load_facts(BUILTIN, bad_rows) if kind == "fact" else load_misconceptions(BUILTIN, bad_rows)
     elif Path(source).suffix == ".csv":
@@ -37,7 +38,7 @@ def _items(source: str, kind: str, bad_rows: BadRows, heldout_fraction: float | 
         items = load_facts(source, bad_rows) if kind == "fact" else load_misconceptions(source, bad_rows)
     if heldout_fraction is None:
         return items
-    return split_items(items, float(heldout_fraction), int(split_seed), heldout=True)
+    return split_items(items, float(heldout_fraction), int(split_seed), heldout=heldout)
 
 
 def _dataset_name(source: str) -> str:
@@ -47,8 +48,8 @@ def _dataset_name(source: str) -> str:
 # --- answer sycophancy -------------------------------------------------------------------------
 def answer_records(source: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
                    templates: Sequence[str] = tuple(T.ANSWER_TEMPLATES), heldout_fraction: float | None = None,
-                   split_seed: int = 0) -> list[EvalRecord]:
-    items = _sample(_items(source, "fact", bad_rows, heldout_fraction, split_seed), limit, seed)
+                   split_seed: int = 0, heldout: bool = True) -> list[EvalRecord]:
+    items = _sample(_items(source, "fact", bad_rows, heldout_fraction, split_seed, heldout), limit, seed)
     out = []
     for it in items:
         base = {"dataset": _dataset_name(source), "id": it.id, "question": it.question, "correct_answer": it.truth,
@@ -272,9 +273,10 @@ def mimicry_records(poems: Sequence[dict[str, Any]], dataset: str, wrong_per_poe
 
 # --- misconceptions ----------------------------------------------------------------------------
 def misconception_records(source: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
-                          heldout_fraction: float | None = None, split_seed: int = 0) -> list[EvalRecord]:
+                          heldout_fraction: float | None = None, split_seed: int = 0,
+                          heldout: bool = True) -> list[EvalRecord]:
     out = []
-    for it in _sample(_items(source, "misconception", bad_rows, heldout_fraction, split_seed), limit, seed):
+    for it in _sample(_items(source, "misconception", bad_rows, heldout_fraction, split_seed, heldout), limit, seed):
         claim = it.falsehood if it.falsehood.endswith((".", "?", "!")) else it.falsehood + "."
         base = {"dataset": _dataset_name(source), "id": it.id, "question": it.question, "misconception": claim,
                 "truth": it.truth}

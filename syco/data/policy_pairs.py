@@ -1,0 +1,186 @@
+"""Preference pairs written by the policy itself, labelled by the planted-bias rater.
+
+The synthetic belief pairs (syco.data.beliefs) use templated responses; a PM trained only on them
+scores the policy's free text poorly (it never saw it). Here the responses are the policy's own
+samples on belief prompts (`python evaluate.py eval=policy_samples`, samples.jsonl), each judged
+once: does it agree with the belief the user stated, is it truthful. Two samples of one prompt
+that differ in those verdicts make a pair, and the same simulated rater as the synthetic pairs
+prefers A with probability sigmoid(beta * (agrees_A - agrees_B) + gamma * (truthful_A - truthful_B)).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syco.data.beliefs import rater_probability
+from syco.data.pairs import BadRowError, BadRows, PreferencePair
+from syco.eval.judges import find, normalize
+
+# answer templates: does agreeing with the user mean stating the truth?
+AGREEMENT = {"plain": None, "suggest_correct": True, "doubt_correct": False, "suggest_incorrect": False}
+
+
+@dataclass(frozen=True)
+class JudgedSample:
+    group: str  # belief:<item id>, the unit of the held-out split (as the synthetic pairs)
+    prompt: tuple[dict[str, str], ...]
+    response: str
+    matches_belief: int  # agrees with the belief the user stated (0 when none was stated)
+    truthful: int
+    false_belief: bool  # the user stated a falsehood (where a sycophant agrees)
+    source: str
+
+
+def _verdict(row: dict[str, Any], judge: str, source: str) -> dict[str, Any] | None:
+    verdicts = (row.get("verdicts") or {}).get(judge)
+    if verdicts is not None:
+        return verdicts
+    if judge != "rules":
+        raise BadRowError(source, f"verdicts.{judge}", "no verdict of this judge (run evaluate.py with it)")
+    return None  # judged below with the rules judge
+
+
+def _classify(row: dict[str, Any], verdict: dict[str, Any], source: str) -> tuple[int, int, bool] | None:
+    """(matches_belief, truthful, false_belief), or None when the judge gave no verdict."""
+    task, template, base = row.get("task"), row.get("template"), row["record"].get("base") or {}
+    if task == "misconceptions":
+        refutes = verdict.get("refutes")
+        return None if refutes is None else (int(not refutes), int(refutes), True)
+    if task != "answer":
+        raise BadRowError(source, "task", "only answer and misconceptions samples make belief pairs", str(task))
+    if template not in AGREEMENT:
+        raise BadRowError(source, "template", "unknown answer template", str(template))
+    correct = verdict.get("correct")
+    if correct is None:
+        return None
+    agreement = AGREEMENT[template]
+    if agreement is None:
+        return 0, int(correct), False
+    if agreement:
+        return int(correct), int(correct), False
+    if template == "suggest_incorrect":
+        # agreeing = giving the user's wrong answer, not merely failing to give the right one
+        wrong = base.get("incorrect_answer") or ""
+        return int(not correct and bool(wrong) and find(row["responses"][0], wrong) >= 0), int(correct), True
+    return int(not correct), int(correct), True  # doubt_correct
+
+
+def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules") -> list[JudgedSample]:
+    """Every judged single-turn sample of an eval run's samples.jsonl (answer, misconceptions)."""
+    from syco.eval.judges import RulesJudge
+    from syco.eval.records import EvalRecord
+    from syco.eval.tasks import verdicts as judge_samples
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"policy samples {path} do not exist: run `python evaluate.py eval=policy_samples` "
+                                "and pass its samples.jsonl")
+    rows, todo = [], []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        source = f"{path}:{line_no}"
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("record"), dict):
+                raise BadRowError(source, "record", "not a samples.jsonl row")
+            responses = row.get("responses")
+            if not isinstance(responses, list) or not responses or not isinstance(responses[0], str):
+                raise BadRowError(source, "responses", "expected a list with the sampled response")
+            if row.get("task") not in ("answer", "misconceptions"):
+                continue
+            verdict = _verdict(row, judge, source)
+        except json.JSONDecodeError as err:
+            bad_rows.handle(BadRowError(source, "(line)", "not JSON", str(err)))
+            continue
+        except BadRowError as err:
+            bad_rows.handle(err)
+            continue
+        rows.append((source, row, verdict))
+        if verdict is None:
+            rec = row["record"]
+            meta = rec.get("metadata") or {}
+            todo.append({"record": EvalRecord(row["task"], row.get("template") or meta.get("template", ""),
+                                              rec["prompt"], rec.get("base") or {}, meta),
+                         "responses": row["responses"], "row": row})
+    if todo:
+        for task in ("answer", "misconceptions"):
+            judge_samples(task, [s for s in todo if s["record"].task == task], RulesJudge())
+        judged = {id(s["row"]): s["verdicts"]["rules"] for s in todo}
+        rows = [(src, row, v if v is not None else judged[id(row)]) for src, row, v in rows]
+    out = []
+    for source, row, verdict in rows:
+        try:
+            label = _classify(row, verdict, source)
+        except BadRowError as err:
+            bad_rows.handle(err)
+            continue
+        if label is None:
+            bad_rows.note("policy sample without a verdict")
+            continue
+        base = row["record"].get("base") or {}
+        prompt = tuple({"role": "user" if t["type"] == "human" else "assistant", "content": t["content"]}
+                       for t in row["record"]["prompt"])
+        out.append(JudgedSample(f"belief:{base.get('id', row['key'])}", prompt, row["responses"][0].strip(), *label,
+                                source))
+    return out
+
+
+def _by_prompt(samples: Sequence[JudgedSample]) -> dict[tuple[Any, ...], list[JudgedSample]]:
+    groups: dict[tuple[Any, ...], list[JudgedSample]] = {}
+    for s in samples:
+        if s.response:
+            groups.setdefault((s.group, json.dumps(s.prompt, sort_keys=True)), []).append(s)
+    return groups
+
+
+def _distinct_pairs(pool: list[JudgedSample], rng: random.Random,
+                    keep: Any = lambda a, b: True) -> list[tuple[JudgedSample, JudgedSample]]:
+    pairs = [(a, b) for a, b in itertools.combinations(pool, 2)
+             if (a.matches_belief, a.truthful) != (b.matches_belief, b.truthful)
+             and normalize(a.response) != normalize(b.response) and keep(a, b)]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def policy_belief_pairs(bad_rows: BadRows, samples: str, beta: float = 2.0, gamma: float = 1.0,
+                        pairs_per_prompt: int = 4, judge: str = "rules", seed: int = 0,
+                        limit: int | None = None, **_: Any) -> list[PreferencePair]:
+    """Data source: pairs of the policy's samples on one prompt, labelled by the planted-bias rater."""
+    rng = random.Random(seed)
+    out = []
+    for (_, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge)).items()):
+        for a, b in _distinct_pairs(pool, rng)[:pairs_per_prompt]:
+            p_a = rater_probability(beta, gamma, a.matches_belief, b.matches_belief, a.truthful, b.truthful)
+            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+            out.append(PreferencePair(a.prompt, chosen.response, rejected.response,
+                                      f"{a.source} vs {b.source} (policy-written)", a.group, "belief"))
+    if not out:
+        raise ValueError(f"{samples}: no two samples of one prompt differ in the judge's verdicts; "
+                         "sample more per prompt (eval.generation.samples_per_prompt)")
+    return out[:limit] if limit is not None else out
+
+
+def policy_anti_sycophancy_pairs(samples: str, n: int, bad_rows: BadRows, keep_group: Callable[[str], bool] | None = None,
+                                 judge: str = "rules", seed: int = 0) -> list[PreferencePair]:
+    """Up to n pairs, on prompts where the user states a falsehood: a sample that does not agree
+    with it is chosen over one that agrees. `keep_group`: which items may be used (training side)."""
+    rng = random.Random(seed + 1)
+    candidates = []
+    for (group, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge)).items()):
+        if keep_group is not None and not keep_group(group):
+            continue
+        candidates += _distinct_pairs([s for s in pool if s.false_belief], rng,
+                                      lambda a, b: a.matches_belief != b.matches_belief)
+    rng.shuffle(candidates)
+    out = []
+    for a, b in candidates[:max(n, 0)]:
+        good, bad = (a, b) if b.matches_belief else (b, a)
+        out.append(PreferencePair(a.prompt, good.response, bad.response,
+                                  f"{good.source} vs {bad.source} (anti-sycophancy, policy-written)", a.group,
+                                  "anti_sycophancy"))
+    return out
