@@ -6,6 +6,7 @@ import json
 import math
 import netrc
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,21 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def publish_dir(tmp: str | Path, path: str | Path) -> Path:
+    """Move a fully written folder `tmp` to `path` (same filesystem), replacing any folder there:
+    readers see the old folder or the new one, never a half-written one."""
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
     return path
 
 

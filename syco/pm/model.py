@@ -7,7 +7,6 @@ LoRA weights and the head, tokenizer, `syco_pm.json`); `load` turns that folder 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from syco.core.packing import PackedBatch, pack_rows
 from syco.data.chat import ChatFormatter, Message, Prompt, as_messages
 from syco.models.backbone import load_causal_lm, load_tokenizer
 from syco.models.lora import REWARD_HEAD, apply_lora, attach_reward_head
+from syco.tracking import publish_dir
 
 FORMAT = "syco-pm/1"
 META_FILE = "syco_pm.json"
@@ -201,14 +201,7 @@ class PreferenceModel(torch.nn.Module):
                 "end_of_turn": self.formatter.end_of_turn,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-            if path.exists():
-                old = path.with_name(f".{path.name}-old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            publish_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return path
@@ -234,12 +227,7 @@ def load(
     """Load an exported PM folder. `prefix="saved"` keeps the scoring prefix it was exported with;
     pass a list of messages to score behind another prefix, or None for none."""
     path = Path(path)
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{path} is not an exported syco PM (no {META_FILE})")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = read_meta(path)
     model_cfg = dict(meta["model"])
     tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(path)})
     if model_cfg.get("source") == "tiny":
@@ -250,17 +238,33 @@ def load(
         base = load_causal_lm(model_cfg, cache_dir)
     attach_reward_head(base)
     lm = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
-    scoring_prefix = meta.get("scoring_prefix") if prefix == "saved" else prefix
-    pm = PreferenceModel(
+    pm = from_meta(lm, tokenizer, meta, prefix)
+    if device is not None:
+        pm.to(device)
+    return pm.train(trainable)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The `syco_pm.json` of an exported PM folder, checked."""
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not an exported syco PM (no {META_FILE})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def from_meta(lm: PeftModel, tokenizer: PreTrainedTokenizerBase, meta: Mapping[str, Any],
+              prefix: Sequence[Message] | None | str = "saved") -> PreferenceModel:
+    """A PM around loaded weights, with the scoring settings of its export."""
+    return PreferenceModel(
         lm,
         tokenizer,
-        model_cfg,
+        dict(meta["model"]),
         meta["max_length"],
-        scoring_prefix=scoring_prefix,
+        scoring_prefix=meta.get("scoring_prefix") if prefix == "saved" else prefix,
         reward_mean=meta.get("reward_mean", 0.0),
         reward_std=meta.get("reward_std", 1.0),
         info={k: v for k, v in meta.items() if k not in OWN_FIELDS},
     )
-    if device is not None:
-        pm.to(device)
-    return pm.train(trainable)

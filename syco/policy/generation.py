@@ -8,12 +8,21 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from syco.data.chat import ChatFormatter, Message
 from syco.models.backbone import load_causal_lm, load_tokenizer
 
 Request = tuple[Sequence[Message], str | None]  # chat messages, assistant prefill
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, formatter: ChatFormatter) -> list[int]:
+    """Token ids that end an assistant turn: EOS and the chat template's end-of-turn token."""
+    stop = {tokenizer.eos_token_id}
+    eot = tokenizer.convert_tokens_to_ids(formatter.end_of_turn)
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        stop.add(eot)
+    return sorted(i for i in stop if i is not None)
 
 
 class Policy:
@@ -34,11 +43,7 @@ class Policy:
         self.lm = lm.to(device).eval()
         self.lm.config.use_cache = True
         self.formatter = ChatFormatter(self.tokenizer)
-        stop = {self.tokenizer.eos_token_id}
-        eot = self.tokenizer.convert_tokens_to_ids(self.formatter.end_of_turn)
-        if isinstance(eot, int) and eot != self.tokenizer.unk_token_id:
-            stop.add(eot)
-        self.stop_ids = sorted(i for i in stop if i is not None)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.formatter)
         self.name = str(model_cfg.get("name", "policy")) + (f"+{Path(adapter).name}" if adapter else "")
 
     @property
