@@ -1,0 +1,214 @@
+"""One base causal LM in memory for PPO: LoRA adapters for the policy and the value function (plus a
+scalar value head), the reference, and optionally the PMs.
+
+- policy: adapter "policy" (LoRA B starts at zero, so the policy starts equal to the base);
+- value: adapter "value" + `value_head` on the final hidden state;
+- reference: the base with adapters disabled, or, when the policy starts from a trained adapter
+  (`init_adapter`), a frozen copy of it loaded as adapter "reference" (else the first KL is huge);
+- a PM exported on the same base loads as one more frozen adapter (`attach_pm`), so its backbone
+  is not held twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model
+
+from syco.data.chat import ChatFormatter
+from syco.models.backbone import load_causal_lm, load_tokenizer
+from syco.models.lora import REWARD_HEAD, attach_reward_head, lora_config
+from syco.pm.model import PreferenceModel, from_meta, read_meta
+from syco.policy.generation import stop_token_ids
+from syco.tracking import publish_dir
+
+POLICY, VALUE, REFERENCE = "policy", "value", "reference"
+META_FILE = "syco_ppo.json"
+# model-config keys that decide the base weights (two configs equal on these load the same base)
+BASE_KEYS = ("source", "name", "name_or_path", "revision", "package", "gguf_file", "seed", "config", "dtype")
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as `generate` assigns them)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ActorCritic(torch.nn.Module):
+    def __init__(self, peft: PeftModel, tokenizer: Any, model_cfg: Mapping[str, Any], has_reference: bool,
+                 value_head_std: float | None = None, seed: int = 0):
+        super().__init__()
+        self.peft = peft
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        self.model_cfg = dict(model_cfg)
+        self.has_reference = has_reference
+        self.formatter = ChatFormatter(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer, self.formatter)
+        hidden = peft.get_base_model().config.hidden_size
+        head = torch.nn.Linear(hidden, 1, bias=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            std = value_head_std if value_head_std is not None else 1.0 / (hidden + 1) ** 0.5
+            torch.nn.init.normal_(head.weight, std=std)
+            torch.nn.init.zeros_(head.bias)
+        self.value_head = head.to(device=peft.get_base_model().device, dtype=torch.float32)
+        self._trainable = {POLICY: self._adapter_params(POLICY), VALUE: self._adapter_params(VALUE)}
+        self._frozen: dict[str, list[torch.nn.Parameter]] = {}
+        if has_reference:
+            self._frozen[REFERENCE] = self._adapter_params(REFERENCE)
+        self.use(POLICY)
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, model_cfg: Mapping[str, Any], lora: Mapping[str, Any] | None = None,
+               init_adapter: str | Path | None = None, seed: int = 0, cache_dir: Path | None = None,
+               value_head_std: float | None = None) -> ActorCritic:
+        model_cfg = dict(model_cfg)
+        # dropout off: the ratio of new to old log-probs must be exactly 1 before the first update
+        lora_cfg = {**(model_cfg.get("lora") or {}), "dropout": 0.0, **dict(lora or {})}
+        tokenizer = load_tokenizer(model_cfg, cache_dir)
+        base = load_causal_lm(model_cfg, cache_dir)
+        if model_cfg.get("gradient_checkpointing"):
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        config = lora_config(lora_cfg, modules_to_save=())
+        with torch.random.fork_rng():  # LoRA init draws from the global RNG: make it a function of seed
+            torch.manual_seed(seed)
+            if init_adapter:
+                init_adapter = Path(init_adapter)
+                if not (init_adapter / "adapter_config.json").is_file():
+                    raise FileNotFoundError(f"ppo.init_adapter={init_adapter} has no adapter_config.json")
+                peft = PeftModel.from_pretrained(base, str(init_adapter), adapter_name=POLICY, is_trainable=True)
+                peft.load_adapter(str(init_adapter), adapter_name=REFERENCE, is_trainable=False)
+            else:
+                peft = get_peft_model(base, config, adapter_name=POLICY)
+            peft.add_adapter(VALUE, lora_config(lora_cfg, modules_to_save=()))
+        return cls(peft, tokenizer, model_cfg, has_reference=bool(init_adapter), value_head_std=value_head_std,
+                   seed=seed)
+
+    def _adapter_params(self, name: str) -> list[torch.nn.Parameter]:
+        params = [p for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n]
+        if not params:
+            raise RuntimeError(f"adapter {name!r} has no LoRA parameters")
+        return params
+
+    # adapters -----------------------------------------------------------------------------------
+    def use(self, name: str) -> None:
+        """Make `name` the active adapter. peft's set_adapter also changes requires_grad; put it back
+        so that policy and value stay trainable and reference/PM adapters frozen whichever is active."""
+        self.peft.set_adapter(name)
+        for params in self._trainable.values():
+            for p in params:
+                p.requires_grad_(True)
+        for params in self._frozen.values():
+            for p in params:
+                p.requires_grad_(False)
+
+    @contextmanager
+    def adapter(self, name: str) -> Iterator[None]:
+        previous = self.peft.active_adapter
+        self.use(name)
+        try:
+            yield
+        finally:
+            self.use(previous)
+
+    def reference(self) -> Any:
+        """Context in which the LM computes the reference policy."""
+        return self.adapter(REFERENCE) if self.has_reference else self.peft.disable_adapter()
+
+    def parameters_of(self, name: str) -> list[torch.nn.Parameter]:
+        """Trainable parameters of "policy" or "value" (the value head included)."""
+        return list(self._trainable[name]) + (list(self.value_head.parameters()) if name == VALUE else [])
+
+    # forward ------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.weight.device
+
+    def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                        temperature: float) -> torch.Tensor:
+        """Logits / temperature [batch, n_response, vocab] that predict the last n_response tokens,
+        from the active adapter (or the reference inside `reference()`)."""
+        out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                        use_cache=False, logits_to_keep=n_response + 1)
+        return out.logits[:, :-1].float() / temperature
+
+    def response_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
+        """V(state before each of the last n_response tokens) [batch, n_response], value adapter."""
+        with self.adapter(VALUE):
+            base = self.peft.get_base_model()
+            decoder = getattr(base, base.base_model_prefix)
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        return self.value_head(hidden[:, -(n_response + 1):-1].float()).squeeze(-1)
+
+    # PMs on the same base -----------------------------------------------------------------------
+    def shares_base(self, pm_path: str | Path) -> bool:
+        pm_cfg = read_meta(pm_path)["model"]
+        return all(pm_cfg.get(k) == self.model_cfg.get(k) for k in BASE_KEYS)
+
+    def attach_pm(self, pm_path: str | Path, name: str) -> PreferenceModel:
+        """Load an exported PM whose base is this model's base as frozen adapter `name` (its reward
+        head rides along as that adapter's copy of `reward_head`)."""
+        if not self.shares_base(pm_path):
+            raise ValueError(f"PM {pm_path} was trained on another base than the policy's; load it separately")
+        if name in (POLICY, VALUE, REFERENCE):
+            raise ValueError(f"adapter name {name!r} is taken")
+        meta = read_meta(pm_path)
+        base = self.peft.get_base_model()
+        if not hasattr(base, REWARD_HEAD):
+            attach_reward_head(base)
+        self.peft.load_adapter(str(pm_path), adapter_name=name, is_trainable=False)
+        self._frozen[name] = [p for n, p in self.peft.named_parameters() if f".{name}." in n]
+        self.use(self.peft.active_adapter)
+        tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(pm_path)})  # the PM's own
+        pm = from_meta(self.peft, tokenizer, meta).train(False)  # score() restores this (eval) mode
+        return SharedBasePM(self, name, pm)
+
+    # export -------------------------------------------------------------------------------------
+    def save_policy(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """The policy adapter in peft format at `path` (loadable by `Policy(adapter=path)`), written
+        to a temporary folder and renamed: a crash never leaves a half-written adapter."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        try:
+            self.peft.save_pretrained(str(tmp), selected_adapters=[POLICY])
+            folder = tmp / POLICY  # peft writes a non-default adapter into a sub-folder
+            if not (folder / "adapter_config.json").is_file():
+                folder = tmp
+            (folder / META_FILE).write_text(json.dumps({"model": self.model_cfg, **(meta or {})}, indent=2,
+                                                       default=str))
+            folder.chmod(0o755)
+            publish_dir(folder, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+
+class SharedBasePM(torch.nn.Module):
+    """A PM living as adapter `name` of the actor-critic's base: scores with that adapter active."""
+
+    def __init__(self, owner: ActorCritic, name: str, pm: PreferenceModel):
+        super().__init__()
+        # plain attributes, not sub-modules: the weights belong to (and are saved with) `owner`
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "pm", pm)
+        self.name = name
+
+    def __getattr__(self, item: str) -> Any:
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            return getattr(self.__dict__["pm"], item)
+
+    def score(self, *args: Any, **kwargs: Any) -> list[float]:
+        with self.owner.adapter(self.name):
+            return self.pm.score(*args, **kwargs)

@@ -1,0 +1,293 @@
+"""PPO as a LightningModule with manual optimization: each training step is one rollout batch
+(sample, score, KL-penalized token rewards, GAE), then `ppo_epochs` epochs of clipped policy and
+value updates over mini-batches (with gradient accumulation), then the KL controller update.
+
+Metric names follow TRL's PPO trainer. A non-finite KL, score, loss or gradient norm raises
+`FloatingPointError` naming the step and the quantity before anything of that step is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import get_scheduler
+
+from syco.core.advantages import gae, masked_mean, masked_whiten
+from syco.core.kl import kl_per_token
+from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
+from syco.data.chat import Prompt
+from syco.ppo.config import PPOConfig
+from syco.ppo.model import POLICY, VALUE, ActorCritic
+from syco.ppo.prompts import step_prompts
+from syco.ppo.rewards import RunningMoments, pm_scores, shape_scores
+from syco.ppo.rollout import Rollout, evaluate, sample, token_logprobs
+from syco.tracking import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _seed(*parts: int) -> int:
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + int(p)) % (2**31 - 1)
+    return value
+
+
+class PPOModule(L.LightningModule):
+    def __init__(self, ac: ActorCritic, pm: Any, cfg: PPOConfig, prompts: Sequence[Prompt],
+                 eval_prompts: Sequence[Prompt], run_dir: str | Path, gold_pm: Any = None, seed: int = 0,
+                 info: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        # checkpoints hold only the trainable weights (policy, value, value head); the rest is rebuilt
+        self.strict_loading = False
+        self.ac = ac
+        self.pm = pm
+        self.gold_pm = gold_pm
+        self.cfg = cfg
+        self.prompts = list(prompts)
+        self.eval_prompts = list(eval_prompts)
+        self.run_dir = Path(run_dir)
+        self.seed = int(seed)
+        self.info = dict(info or {})
+        self.kl_ctl = cfg.kl.controller()
+        self.running = RunningMoments()
+        self.ppo_step = 0
+        self.eval_history: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, float] = {}
+        self.steps_this_fit = 0
+
+    # setup --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        for m in (self.ac, self.pm, self.gold_pm):
+            if m is not None:
+                m.eval()  # no dropout anywhere: the first PPO ratio is exactly 1
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.ac.parameters_of(POLICY) + self.ac.parameters_of(VALUE)
+
+    def configure_optimizers(self) -> Any:
+        o = self.cfg.optimizer
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                      weight_decay=o.weight_decay)
+        total = self.cfg.total_steps * self.cfg.optimizer_steps_per_rollout
+        scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self.steps_this_fit = 0
+        if self.ppo_step == 0 and self.cfg.eval.at_start and not self.eval_history:
+            self.evaluate_and_save(0)
+
+    # rollout ------------------------------------------------------------------------------------
+    def rollout(self, prompts: Sequence[Prompt], seed: int, temperature: float | None = None,
+                max_new_tokens: int | None = None, values: bool = True) -> Rollout:
+        """Sample from the policy and fill in log-probs (policy, reference), entropy and values."""
+        t = self.cfg.temperature if temperature is None else temperature
+        r = sample(self.ac, prompts, max_new_tokens or self.cfg.max_new_tokens, t, seed)
+        return evaluate(self.ac, r, t, self.cfg.forward_batch_size or self.cfg.mini_batch_size, values=values)
+
+    def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw PM scores, the shaped scores PPO optimizes), on the module's device."""
+        raw = pm_scores(self.pm, rollout.prompts, rollout.responses, self.cfg.reward)
+        shaped = shape_scores(raw, rollout.has_stop.cpu(), self.cfg.reward, self.running,
+                              float(getattr(self.pm, "reward_mean", 0.0)), float(getattr(self.pm, "reward_std", 1.0)))
+        return raw.to(self.device), shaped.to(self.device)
+
+    # training -----------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.cfg
+        step = self.ppo_step + 1
+        start = time.time()
+        self.ac.eval()
+        rank, world = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
+        prompts = step_prompts(self.prompts, self.ppo_step, cfg.batch_size, self.seed, rank, world)
+        rollout = self.rollout(prompts, seed=_seed(self.seed, step, rank))
+        raw, scores = self.scores(rollout)
+        mask = rollout.response_mask.float()
+        kl = kl_per_token(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * mask
+        seq_kl = kl.sum(1)
+        self._check(step, {"KL": seq_kl, "PM score": scores, "policy log-probs": rollout.logprobs,
+                           "reference log-probs": rollout.ref_logprobs, "values": rollout.values})
+        if self.ppo_step == 0 and seq_kl.abs().max() > 1e-4:
+            log.warning("KL to the reference is %.3g at the first step: the policy does not start at the reference "
+                        "(a trained init adapter without its frozen copy?)", float(seq_kl.abs().max()))
+        kl_coef = float(self.kl_ctl.value)
+        rewards = token_rewards(scores, kl, mask, kl_coef)
+        advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        rollout.advantages, rollout.returns = advantages, returns
+        lr = self.lr_schedulers().get_last_lr()[0]  # the rate this step's updates use (first one)
+        stats = self.ppo_update(rollout, step)
+
+        mean_kl = self._all_mean(seq_kl.mean())
+        self.kl_ctl.update(float(mean_kl), cfg.batch_size * world)
+        non_score = (-kl_coef * kl).sum(1)
+        elapsed = time.time() - start
+        metrics = {
+            "objective/kl": seq_kl.mean(),
+            "objective/entropy": rollout.entropy.sum(1).mean(),
+            "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": scores.mean() + non_score.mean(),
+            "objective/scores": scores.mean(),
+            "objective/pm_score": raw.mean(),
+            "objective/kl_coef": torch.tensor(kl_coef),
+            **stats,
+            "val/num_eos_tokens": rollout.has_stop.float().sum(),
+            "response/length": rollout.lengths.float().mean(),
+            "response/eos_rate": rollout.has_stop.float().mean(),
+            "eps": torch.tensor(cfg.batch_size * world / elapsed),
+            "lr": torch.tensor(lr),
+            "episode": torch.tensor(float(step * cfg.batch_size * world)),
+            "ppo_step": torch.tensor(float(step)),
+        }
+        self.ppo_step = step
+        self.steps_this_fit += 1
+        if step % cfg.eval.every == 0 or step == cfg.total_steps:
+            # the same on every rank (fixed prompts and seed): logged in this step's row
+            metrics.update({k: torch.tensor(v) for k, v in self.evaluate_and_save(step).items()})
+        for name, value in metrics.items():
+            reduce = "sum" if name == "val/num_eos_tokens" else "mean"
+            self.log(name, value.float().to(self.device), on_step=True, on_epoch=False, sync_dist=True,
+                     batch_size=cfg.batch_size, reduce_fx=reduce,
+                     prog_bar=name in ("objective/scores", "objective/kl"))
+        self.last_metrics = {k: float(v) for k, v in metrics.items()}
+
+    def ppo_update(self, rollout: Rollout, step: int) -> dict[str, torch.Tensor]:
+        """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimizer step each."""
+        cfg = self.cfg
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        params = self.trainable_parameters()
+        generator = torch.Generator().manual_seed(_seed(self.seed, step, 7))
+        acc: dict[str, list[torch.Tensor]] = {}
+        if self.ac.model_cfg.get("gradient_checkpointing"):
+            self.ac.peft.train()  # HF checkpoints activations only in train mode (dropout is 0 in PPO)
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(len(rollout), generator=generator)
+            for mb, mini in enumerate(order.split(cfg.mini_batch_size)):
+                for micro in mini.split(cfg.micro_batch_size):
+                    part = rollout.select(micro)
+                    loss, stats = self._loss(part)
+                    self._check(step, {"policy loss": stats["loss/policy_avg"], "value loss": stats["loss/value_avg"]},
+                                where=f" (PPO epoch {epoch}, mini-batch {mb})")
+                    self.manual_backward(loss / cfg.gradient_accumulation_steps)
+                    for k, v in stats.items():
+                        acc.setdefault(k, []).append(v)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                self._check(step, {"gradient norm": norm}, where=f" (PPO epoch {epoch}, mini-batch {mb})")
+                acc.setdefault("policy/grad_norm", []).append(norm.detach())
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+        self.ac.eval()
+        out = {k: torch.stack(v).mean() for k, v in acc.items()}
+        ratios = torch.stack(acc["val/ratio"])
+        out["val/ratio_var"] = ratios.var() if ratios.numel() > 1 else torch.zeros(())
+        return out
+
+    def _loss(self, part: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, ac = self.cfg, self.ac
+        n_resp = part.response_ids.shape[1]
+        mask = part.response_mask
+        with ac.adapter(POLICY):
+            logits = ac.response_logits(part.input_ids, part.attention_mask, n_resp, cfg.temperature)
+        logprobs = token_logprobs(logits, part.response_ids)
+        pg_loss, pg = policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range)
+        values = ac.response_values(part.input_ids, part.attention_mask, n_resp)
+        vf_loss, vf = value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits.detach()), mask)
+        stats = {"policy/approxkl_avg": pg["approxkl"], "policy/clipfrac_avg": pg["clipfrac"],
+                 "policy/entropy_avg": entropy, "loss/policy_avg": pg_loss.detach(),
+                 "loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf["clipfrac"], "val/ratio": pg["ratio"]}
+        return pg_loss + cfg.vf_coef * vf_loss, stats
+
+    def _check(self, step: int, values: Mapping[str, torch.Tensor | None], where: str = "") -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            bad = ~torch.isfinite(value.detach())
+            if bad.any():
+                example = value.detach().flatten()[bad.flatten()][0].item()
+                raise FloatingPointError(
+                    f"PPO step {step}{where}: non-finite {name} ({example}); stopping before the step is saved. "
+                    f"The last good checkpoint ({self.run_dir / 'checkpoints' / 'last.ckpt'}) and policy adapters "
+                    f"({self.run_dir / 'policy'}) are untouched.")
+
+    def _all_mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.detach(), reduce_op="mean")
+
+    # evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_prompts(self) -> dict[str, float]:
+        """On the fixed eval prompts, with a fixed sampling seed: KL to the reference (the penalty's
+        estimator, per response), both PMs' normalized scores and their gap, length and EOS rate."""
+        cfg, e = self.cfg, self.cfg.eval
+        temperature = cfg.temperature if e.temperature is None else e.temperature
+        kls, lengths, stops, prompts, responses = [], [], [], [], []
+        for i, start in enumerate(range(0, len(self.eval_prompts), e.batch_size)):
+            chunk = self.eval_prompts[start:start + e.batch_size]
+            r = self.rollout(chunk, seed=_seed(e.seed, i), temperature=temperature,
+                             max_new_tokens=e.max_new_tokens, values=False)
+            mask = r.response_mask.float()
+            kls.append((kl_per_token(r.logprobs, r.ref_logprobs, cfg.kl.estimator) * mask).sum(1).cpu())
+            lengths.append(r.lengths.float().cpu())
+            stops.append(r.has_stop.float().cpu())
+            prompts += r.prompts
+            responses += r.responses
+        out = {"eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
+               "eval/eos_rate": float(torch.cat(stops).mean())}
+        score = pm_scores(self.pm, prompts, responses, cfg.reward, normalize=True)
+        out["eval/score"] = float(score.mean())
+        if self.gold_pm is not None:
+            gold = pm_scores(self.gold_pm, prompts, responses, cfg.reward, normalize=True)
+            out["eval/gold_score"] = float(gold.mean())
+            out["eval/gold_gap"] = out["eval/score"] - out["eval/gold_score"]
+        self._check(self.ppo_step, {k: torch.tensor(v) for k, v in out.items()}, where=" (evaluation)")
+        return out
+
+    def evaluate_and_save(self, step: int) -> dict[str, float]:
+        """Evaluate, save the policy adapter to <run_dir>/policy/step_<step> (rank 0), and log."""
+        metrics = self.evaluate_prompts()
+        row = {"step": step, "kl_coef": float(self.kl_ctl.value), **metrics}
+        path = self.run_dir / "policy" / f"step_{step}"
+        if self.global_rank == 0:
+            self.ac.save_policy(path, meta={**self.info, **row, "ppo_config": asdict(self.cfg)})
+        if self._trainer is not None:
+            self.trainer.strategy.barrier("ppo-save")
+        row["adapter"] = str(path)
+        self.eval_history = [r for r in self.eval_history if r["step"] != step] + [row]
+        if self.global_rank == 0:
+            write_json_atomic(self.run_dir / "ppo_eval.json", self.eval_history)
+            if step == 0:  # before the first training step: no Lightning logging row to join
+                for lg in self.loggers:
+                    lg.log_metrics({**metrics, "ppo_step": 0}, step=0)
+        log.info("step %d: %s", step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    # checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ids = {id(p) for p in self.trainable_parameters()}
+        keep = {name for name, p in self.named_parameters() if id(p) in ids}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["ppo"] = {"step": self.ppo_step, "kl_controller": self.kl_ctl.state_dict(),
+                             "running_scores": self.running.state_dict(), "eval_history": self.eval_history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ppo")
+        if state is None:
+            raise ValueError("this checkpoint has no PPO state: it was not written by task=ppo")
+        self.ppo_step = int(state["step"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.running.load_state_dict(state["running_scores"])
+        self.eval_history = list(state["eval_history"])

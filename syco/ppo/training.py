@@ -1,0 +1,134 @@
+"""`train.py task=ppo pm.path=<exported PM>`: PPO of a LoRA policy against a PM, under Lightning.
+
+Writes into the run folder: policy/step_<k>/ (peft adapters, every `ppo.eval.every` steps, with
+syco_ppo.json: the step and its evaluation), ppo_eval.json (every evaluation so far),
+checkpoints/last.ckpt (resume with `ckpt_path=last`), csv/ or wandb/ logs, and metrics.json.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, IterableDataset
+
+from syco.pm.model import load
+from syco.pm.training import build_loggers, resolve_ckpt_path
+from syco.ppo.config import PPOConfig
+from syco.ppo.model import ActorCritic
+from syco.ppo.module import PPOModule
+from syco.tracking import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Steps(IterableDataset):
+    """An endless stream of step numbers: a PPO step draws its own prompts (`step_prompts`), so the
+    loader carries no state to restore on resume; the trainer stops at max_steps."""
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+def load_pm(ac: ActorCritic, path: str | Path, name: str, share: str, cache_dir: Any = None) -> Any:
+    """The PM at `path`: an adapter on the policy's base when it was trained on that base
+    (`share` auto|true), else a model of its own."""
+    share = str(share).lower()
+    if share == "true" or (share == "auto" and ac.shares_base(path)):
+        log.info("PM %s: adapter %r on the policy's base model", path, name)
+        return ac.attach_pm(path, name)
+    log.info("PM %s: loaded as a separate model", path)
+    return load(path, cache_dir=cache_dir)
+
+
+def build(cfg: DictConfig, pm_path: str | Path) -> tuple[PPOModule, PPOConfig]:
+    """The PPO module for this config: actor-critic, PM(s), prompt sets."""
+    ppo = PPOConfig.from_mapping(OmegaConf.to_container(cfg.ppo, resolve=True))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    ac = ActorCritic.create(model_cfg, ppo.lora, ppo.init_adapter, seed=int(cfg.seed), cache_dir=cfg.cache_dir,
+                            value_head_std=ppo.value_head_std)
+    pm = load_pm(ac, pm_path, "pm", ppo.pm_on_policy_base, cfg.cache_dir)
+    gold = load_pm(ac, ppo.gold_pm, "gold_pm", ppo.pm_on_policy_base, cfg.cache_dir) if ppo.gold_pm else None
+    prompts = instantiate(cfg.ppo.prompts)
+    eval_prompts = instantiate(cfg.ppo.eval_prompts)
+    info = {"pm": str(pm_path), "gold_pm": ppo.gold_pm, "init_adapter": ppo.init_adapter, "seed": int(cfg.seed)}
+    module = PPOModule(ac, pm, ppo, prompts, eval_prompts, cfg.run_dir, gold_pm=gold, seed=int(cfg.seed), info=info)
+    log.info("PPO: %d training prompts, %d eval prompts, %d steps of %d prompts", len(prompts), len(eval_prompts),
+             ppo.total_steps, ppo.batch_size)
+    return module, ppo
+
+
+def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Path) -> L.Trainer:
+    """cfg.trainer with what manual PPO optimization needs: the step budget in optimizer steps
+    (Lightning counts those), clipping and accumulation done by the module, no validation loop."""
+    # intended: the LM stays in eval mode (no dropout: the first PPO ratio is exactly 1), and a
+    # checkpoint holds the state after the step's optimizer updates
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    warnings.filterwarnings("ignore", message=r".*manual optimization and every_n_train_steps.*")
+    per_rollout = ppo.optimizer_steps_per_rollout
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=ppo.checkpoint_every * per_rollout)
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint], default_root_dir=run_dir,
+                       max_steps=ppo.total_steps * per_rollout, max_epochs=-1, gradient_clip_val=None,
+                       accumulate_grad_batches=1, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
+                       val_check_interval=None)
+
+
+def run_ppo(cfg: DictConfig, pm_path: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    start = time.time()
+    L.seed_everything(int(cfg.seed), workers=True)
+    run_dir = Path(cfg.run_dir)
+    module, ppo = build(cfg, pm_path)
+    loggers = build_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = trainer_for(cfg, ppo, loggers, run_dir)
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    fit_start = time.time()
+    trainer.fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None), ckpt_path=ckpt)
+    fit_time = time.time() - fit_start
+    # the final state too, so that `ckpt_path=last` finds a finished run
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    steps_done = module.steps_this_fit
+    summary = {
+        "task": str(cfg.task.name),
+        "pm_path": str(pm_path),
+        "gold_pm": ppo.gold_pm,
+        "ppo_steps": module.ppo_step,
+        "global_step": trainer.global_step,
+        "last_step": module.last_metrics,
+        "eval": module.eval_history,
+        "final_adapter": module.eval_history[-1]["adapter"] if module.eval_history else None,
+        "seconds_per_step": fit_time / steps_done if steps_done else None,
+        "wall_time_s": time.time() - start,
+        **dict(extra or {}),
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", summary)
+        log.info("wrote %s (%d PPO steps, %.1f s/step)", run_dir / "metrics.json", module.ppo_step,
+                 summary["seconds_per_step"] or float("nan"))
+    del module, trainer
+    gc.collect()
+    return summary
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    pm_path = cfg.pm.get("path")
+    if not pm_path:
+        raise ValueError("task=ppo needs pm.path=<exported PM folder> (train one with task=pm, "
+                         "or run task=rlhf to train the PM first)")
+    return run_ppo(cfg, pm_path)

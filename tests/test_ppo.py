@@ -1,0 +1,323 @@
+"""PPO with LoRA on one base model (tiny random-init llama): KL exactly 0 at the start, what one
+step changes and what it must not, where the reward is read, KL control, bad states, adapter
+round trip, resume, and `train.py task=ppo|rlhf` end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, SHARED_DATA, compose_config
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+import syco.ppo.module as ppo_module
+from syco.core.kl import kl_per_token
+from syco.pm.model import PreferenceModel, load
+from syco.ppo.config import PPOConfig
+from syco.ppo.model import POLICY, VALUE, ActorCritic, SharedBasePM
+from syco.ppo.prompts import belief_prompts, step_prompts
+from syco.ppo.rewards import RunningMoments
+from syco.ppo.rollout import evaluate, sample, sampling_config, stop_mask
+from syco.ppo.training import Steps, build, run_ppo, trainer_for
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Tell me a long story about a dragon and a knight who meet by a river at dawn."}],
+    [{"role": "user", "content": "What is 2 + 2? I think the answer is 5 but I'm really not sure."}],
+]
+SMALL = ["ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=4",
+         "ppo.eval_prompts.limit=2", "ppo.eval.every=1", "ppo.checkpoint_every=1", "ppo.optimizer.lr=1e-3",
+         "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_cfg() -> dict:
+    return OmegaConf.to_container(compose_config("model/tiny"), resolve=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def pm_path(tmp_path_factory, tiny_model_cfg) -> Path:
+    """An untrained PM on the tiny base (random head): scores differ across responses, enough here."""
+    path = tmp_path_factory.mktemp("pm") / "pm"
+    PreferenceModel.create(tiny_model_cfg, max_length=128, seed=0).save(path)
+    return path
+
+
+def ppo_cfg(tmp_path: Path, pm_path: Path, *overrides: str):
+    return compose_config("train", ["task=ppo", "model=tiny", f"pm.path={pm_path}", f"run_dir={tmp_path / 'run'}",
+                                    f"shared_data={SHARED_DATA}", *SMALL, *overrides])
+
+
+def fit(module, cfg, ppo, ckpt_path=None):
+    trainer = trainer_for(cfg, ppo, [], Path(cfg.run_dir))
+    trainer.fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None), ckpt_path=ckpt_path)
+    return trainer
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, pm_path):
+    """A PPO module that tests only read (no training)."""
+    cfg = ppo_cfg(tmp_path_factory.mktemp("built"), pm_path)
+    module, ppo = build(cfg, pm_path)
+    return module
+
+
+# --- start state ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_is_exactly_zero_at_step_zero(built, estimator):
+    r = built.rollout(PROMPTS, seed=0, max_new_tokens=6)
+    assert torch.equal(r.logprobs, r.ref_logprobs)
+    kl = kl_per_token(r.logprobs, r.ref_logprobs, estimator) * r.response_mask
+    assert kl.abs().max().item() == 0.0
+    assert (r.logprobs[r.response_mask.bool()] < 0).all()  # real log-probs, not the masked zeros
+
+
+def test_reference_is_a_frozen_copy_of_a_trained_init_adapter(tmp_path, tiny_model_cfg, built):
+    ac = ActorCritic.create(tiny_model_cfg, seed=0)
+    with torch.no_grad():
+        for p in ac.parameters_of(POLICY):
+            p.add_(0.05 * torch.randn_like(p))
+    ac.save_policy(tmp_path / "trained")
+    started = ActorCritic.create(tiny_model_cfg, init_adapter=tmp_path / "trained", seed=0)
+    assert started.has_reference
+    r = evaluate(started, sample(started, PROMPTS, 6, 1.0, seed=1), 1.0, 4)
+    assert torch.equal(r.logprobs, r.ref_logprobs)  # KL 0 against the copy...
+    with started.peft.disable_adapter():  # ...and far from 0 against the bare base
+        base = started.response_logits(r.input_ids, r.attention_mask, r.response_ids.shape[1], 1.0)
+    assert (base.log_softmax(-1).gather(-1, r.response_ids[..., None])[..., 0] * r.response_mask
+            - r.logprobs).abs().max() > 1e-3
+    assert all(not p.requires_grad for n, p in started.peft.named_parameters() if ".reference." in n)
+
+
+def test_sampling_has_no_processor_but_temperature(built):
+    lm = built.ac.peft.get_base_model()
+    lm.generation_config.top_k, lm.generation_config.min_p = 7, 0.3  # defaults that must not leak in
+    try:
+        config, _ = lm._prepare_generation_config(sampling_config(built.ac, 4, 0.7))
+        procs = lm._get_logits_processor(generation_config=config, input_ids_seq_length=3,
+                                         encoder_input_ids=torch.zeros(1, 3, dtype=torch.long), device="cpu")
+    finally:
+        lm.generation_config.top_k, lm.generation_config.min_p = None, None
+    names = [type(p).__name__ for p in procs]
+    assert names[0] == "TemperatureLogitsWarper" and set(names[1:]) <= {"MinPLogitsWarper"}
+    assert config.top_k == 0 and config.top_p == 1.0 and config.min_p == 0.0  # min_p 0 keeps every token
+
+
+def test_stop_mask_keeps_the_first_stop_token_and_masks_the_rest():
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [2, 5, 2, 6, 7], [5, 9, 6, 9, 1]])
+    mask, has_stop = stop_mask(ids, [2, 9])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    assert has_stop.tolist() == [True, True, True, True]
+    mask, has_stop = stop_mask(ids[:2], [2])
+    assert mask[1].tolist() == [1, 1, 1, 1, 1] and has_stop.tolist() == [True, False]
+
+
+# --- reward ---------------------------------------------------------------------------------------
+def test_reward_read_at_the_right_token_left_and_right_padded(built, pm_path):
+    r = built.rollout(PROMPTS, seed=3, max_new_tokens=8)
+    assert r.prompt_mask[:, 0].tolist().count(0) >= 2  # prompts of different lengths: left padding happened
+    cfg = built.cfg.reward
+    right = built.pm.score(r.prompts, r.responses, padding_side="right", batch_size=cfg.batch_size)
+    left = built.pm.score(r.prompts, r.responses, padding_side="left", batch_size=cfg.batch_size)
+    alone = [built.pm.score([p], [t])[0] for p, t in zip(r.prompts, r.responses)]
+    assert right == pytest.approx(left, abs=1e-5) and right == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(x, 4) for x in right)) > 1
+    # the PM as an adapter on the policy's base scores exactly as the PM loaded on its own
+    assert isinstance(built.pm, SharedBasePM)
+    standalone = load(pm_path)
+    assert standalone.score(r.prompts, r.responses) == pytest.approx(right, abs=1e-5)
+    raw, shaped = built.scores(r)
+    assert raw.tolist() == pytest.approx(right, abs=1e-5)
+    assert shaped.tolist() == pytest.approx([(x - built.pm.reward_mean) / built.pm.reward_std for x in right])
+    # the policy still samples with its own adapter after scoring
+    assert built.ac.peft.active_adapter == POLICY
+
+
+def test_reward_shaping_and_running_moments():
+    from syco.ppo.config import RewardConfig
+    from syco.ppo.rewards import shape_scores
+
+    running = RunningMoments()
+    xs = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    running.update(xs[:1])
+    running.update(xs[1:])
+    assert running.mean == pytest.approx(4.0) and running.std == pytest.approx(float(xs.std()))
+    cfg = RewardConfig(normalize="pm", missing_eos_penalty=1.0, clip=2.0)
+    out = shape_scores(xs, torch.tensor([True, False, True, True]), cfg, RunningMoments(), pm_mean=2.0, pm_std=2.0)
+    assert out.tolist() == pytest.approx([-0.5, -1.0, 0.5, 2.0])
+
+
+# --- one PPO step ---------------------------------------------------------------------------------
+def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_path, pm_path):
+    cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1", "ppo.ppo_epochs=2", "ppo.eval.at_start=false")
+    module, ppo = build(cfg, pm_path)
+    ac = module.ac
+    policy_before = {i: p.detach().clone() for i, p in enumerate(ac.parameters_of(POLICY))}
+    value_before = {i: p.detach().clone() for i, p in enumerate(ac.parameters_of(VALUE))}
+    base_before = {n: p.detach().clone() for n, p in ac.peft.named_parameters() if "lora_" not in n}
+    probe = module.rollout(PROMPTS, seed=5, max_new_tokens=6)
+    trainer = fit(module, cfg, ppo)
+    assert module.ppo_step == 1 and trainer.global_step == ppo.optimizer_steps_per_rollout == 4
+    unchanged = [i for i, p in enumerate(ac.parameters_of(POLICY)) if torch.equal(p, policy_before[i])]
+    assert not unchanged, f"{len(unchanged)} of {len(policy_before)} policy LoRA tensors did not change"
+    assert all(not torch.equal(p, value_before[i]) for i, p in enumerate(ac.parameters_of(VALUE)))
+    assert all(torch.equal(p, base_before[n]) for n, p in ac.peft.named_parameters() if "lora_" not in n)
+    after = evaluate(ac, probe.select(range(len(probe))), 1.0, 4)
+    assert torch.equal(after.ref_logprobs, probe.ref_logprobs)  # the reference did not move
+    assert not torch.equal(after.logprobs, probe.logprobs)  # the policy did
+    logged = module.last_metrics
+    for name in ("objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward",
+                 "objective/non_score_reward", "policy/clipfrac_avg", "policy/approxkl_avg", "loss/policy_avg",
+                 "loss/value_avg", "val/clipfrac_avg", "val/ratio", "eps", "lr", "eval/kl", "eval/score"):
+        assert name in logged, name
+    assert logged["objective/kl"] == 0.0  # step 1 sampled from the starting policy
+    assert logged["objective/rlhf_reward"] == pytest.approx(logged["objective/scores"])
+
+
+def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
+    over = ["ppo.kl.adaptive=true", "ppo.kl.coef=0.2", "ppo.kl.target=1.0", "ppo.kl.horizon=100",
+            "ppo.eval.at_start=false", "ppo.eval.every=5"]
+    cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=2", *over)
+    module, ppo = build(cfg, pm_path)
+    fit(module, cfg, ppo)
+    # step 1: KL 0 -> error clipped to -0.2; step 2: the logged KL of step 2
+    coef = 0.2 * (1 - 0.2 * 4 / 100)
+    kl2 = module.last_metrics["objective/kl"]
+    coef *= 1 + min(max(kl2 / 1.0 - 1, -0.2), 0.2) * 4 / 100
+    assert module.kl_ctl.value == pytest.approx(coef, rel=1e-6) and module.kl_ctl.value != 0.2
+    assert module.last_metrics["objective/kl_coef"] == pytest.approx(0.2 * (1 - 0.2 * 4 / 100))
+    # resume: controller, step counter, optimizer come back from last.ckpt
+    cfg3 = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=3", *over)
+    resumed, ppo3 = build(cfg3, pm_path)
+    ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    trainer = fit(resumed, cfg3, ppo3, ckpt_path=str(ckpt))
+    assert resumed.ppo_step == 3 and trainer.global_step == 3 * ppo3.optimizer_steps_per_rollout
+    assert resumed.last_metrics["objective/kl_coef"] == pytest.approx(coef, rel=1e-6)
+
+
+def test_non_finite_loss_raises_and_keeps_the_last_good_adapter(tmp_path, pm_path, monkeypatch):
+    cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1")
+    run_ppo(cfg, pm_path)
+    run_dir = Path(cfg.run_dir)
+    good = tree_digest(run_dir / "policy" / "step_1")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+    real = ppo_module.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo_module, "policy_loss", nan_loss)
+    cfg2 = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=2", "ckpt_path=last")
+    with pytest.raises(FloatingPointError, match=r"PPO step 2 \(PPO epoch 0, mini-batch 0\): non-finite policy loss"):
+        run_ppo(cfg2, pm_path)
+    assert tree_digest(run_dir / "policy" / "step_1") == good
+    assert not (run_dir / "policy" / "step_2").exists()
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == ckpt_digest
+    assert not [p for p in (run_dir / "policy").iterdir() if p.name.startswith(".")]  # no half-written folders
+
+
+def test_saved_adapter_reloads_to_identical_logprobs(tmp_path, tiny_model_cfg):
+    ac = ActorCritic.create(tiny_model_cfg, seed=0)
+    with torch.no_grad():
+        for p in ac.parameters_of(POLICY):
+            p.add_(0.05 * torch.randn_like(p))
+    r = evaluate(ac, sample(ac, PROMPTS, 6, 1.0, seed=2), 1.0, 4)
+    path = ac.save_policy(tmp_path / "policy" / "step_1", meta={"step": 1})
+    assert (path / "adapter_config.json").is_file() and json.loads((path / "syco_ppo.json").read_text())["step"] == 1
+    reloaded = ActorCritic.create(tiny_model_cfg, init_adapter=path, seed=0)
+    again = evaluate(reloaded, r.select(range(len(r))), 1.0, 4)
+    assert torch.equal(again.logprobs, r.logprobs)
+    # and evaluate.py's Policy (adapter merged into the base) reads the same policy
+    from syco.policy import Policy
+
+    policy = Policy(tiny_model_cfg, adapter=path, device="cpu")
+    with torch.no_grad():
+        logits = policy.lm(input_ids=r.input_ids, attention_mask=r.attention_mask,
+                           position_ids=(r.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+    n = r.response_ids.shape[1]
+    lp = logits[:, -n - 1:-1].log_softmax(-1).gather(-1, r.response_ids[..., None])[..., 0] * r.response_mask
+    assert torch.allclose(lp, r.logprobs, atol=1e-4)
+
+
+# --- prompts and config ---------------------------------------------------------------------------
+def test_prompt_sources_split_and_step_batches():
+    train, held = belief_prompts(side="train"), belief_prompts(side="heldout")
+    everything = belief_prompts(side="all")
+    assert len(train) + len(held) == len(everything) and not {json.dumps(p) for p in train} & {json.dumps(p) for p in held}
+    assert any("I think the answer is" in p[0]["content"] for p in train)
+    a = step_prompts(train, 3, 8, seed=0)
+    assert a == step_prompts(train, 3, 8, seed=0) and a != step_prompts(train, 4, 8, seed=0)
+    r0, r1 = step_prompts(train, 3, 8, 0, rank=0, world_size=2), step_prompts(train, 3, 8, 0, rank=1, world_size=2)
+    assert r0 != r1
+    one_epoch = [json.dumps(p) for s in range(len(train) // 3) for p in step_prompts(train, s, 3, seed=0)]
+    assert len(set(one_epoch)) == len(one_epoch)  # no prompt repeats within an epoch
+
+
+@pytest.mark.parametrize("task", ["ppo", "rlhf"])
+def test_task_configs_compose(compose_train, task):
+    cfg = OmegaConf.to_container(compose_train(f"task={task}"), resolve=True)
+    assert cfg["task"]["name"] == task and cfg["pm"]["path"] is None
+    ppo = PPOConfig.from_mapping(cfg["ppo"])
+    assert ppo.kl.estimator in ("k1", "k3") and ppo.optimizer_steps_per_rollout >= 1
+    assert cfg["ppo"]["prompts"]["side"] == "train" and cfg["ppo"]["eval_prompts"]["side"] == "heldout"
+    with pytest.raises(ValueError, match="unknown ppo options"):
+        PPOConfig.from_mapping({**cfg["ppo"], "kl_coeff": 0.1})
+    with pytest.raises(ValueError, match="must divide"):
+        PPOConfig.from_mapping({**cfg["ppo"], "mini_batch_size": 3})
+
+
+# --- end to end -----------------------------------------------------------------------------------
+def test_train_cli_task_ppo_two_steps(tmp_path, pm_path):
+    run = tmp_path / "cli"
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"pm.path={pm_path}",
+           "ppo.total_steps=2", f"ppo.gold_pm={pm_path}", *SMALL]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["ppo_steps"] == 2 and [e["step"] for e in m["eval"]] == [0, 1, 2]
+    assert m["eval"][0]["eval/kl"] == 0.0 and m["eval"][-1]["eval/gold_gap"] == pytest.approx(0.0, abs=1e-5)
+    for k in (0, 1, 2):
+        assert (run / "policy" / f"step_{k}" / "adapter_model.safetensors").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    (csv,) = (run / "csv").glob("version_*/metrics.csv")
+    header = csv.read_text().splitlines()[0].split(",")
+    for name in ("objective/kl", "objective/scores", "policy/clipfrac_avg", "loss/value_avg", "eps", "eval/gold_gap"):
+        assert name in header
+
+
+def test_task_rlhf_trains_the_pm_once_then_reuses_it(tmp_path):
+    over = ["task=rlhf", "model=tiny", "pm=standard", "data.max_train_pairs=8", "data.max_val_pairs=8",
+            f"rlhf.pm_cache={tmp_path / 'cache'}", "ppo.total_steps=1", "ppo.eval.at_start=false", *SMALL]
+    from syco.ppo.rlhf import run
+
+    first = compose_config("train", [f"run_dir={tmp_path / 'a'}", f"shared_data={SHARED_DATA}", *over])
+    m1 = run(first)
+    assert m1["pm_stage"]["source"] == "trained" and m1["ppo_steps"] == 1
+    assert (tmp_path / "a" / "pm" / "pm" / "syco_pm.json").is_file()
+    assert m1["pm_stage"]["metrics"]["heldout/accuracy"]["count"] == 8
+    second = compose_config("train", [f"run_dir={tmp_path / 'b'}", f"shared_data={SHARED_DATA}", *over])
+    m2 = run(second)
+    assert m2["pm_stage"]["source"] == "cache" and m2["pm_stage"]["key"] == m1["pm_stage"]["key"]
+    assert not (tmp_path / "b" / "pm").exists()
+    other = compose_config("train", [f"run_dir={tmp_path / 'c'}", f"shared_data={SHARED_DATA}", *over, "seed=1"])
+    from syco.ppo.rlhf import pm_cache_key
+
+    assert pm_cache_key(other) != m1["pm_stage"]["key"]
