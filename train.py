@@ -1,4 +1,5 @@
-"""Train: `python train.py [task=pm] model=... pm=standard|nonsyco|nonsyco_prompted data=... trainer=... logger=...`.
+"""Train: `python train.py [task=pm] model=... pm=standard|nonsyco|nonsyco_prompted data=... trainer=... logger=...`,
+`python train.py task=ppo pm.path=<exported PM> ...` or `python train.py task=rlhf pm=standard|nonsyco ...`.
 
 Composes the Hydra config (conf/train.yaml), then runs the task's entry point.
 """
