@@ -187,6 +187,28 @@ def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_
     assert logged["objective/rlhf_reward"] == pytest.approx(logged["objective/scores"])
 
 
+def test_ppo_loss_moves_the_policy_towards_rewarded_responses(built):
+    from syco.core.advantages import gae, masked_whiten
+    from syco.core.ppo import token_rewards
+
+    ac = ActorCritic.create(built.ac.model_cfg, seed=1)
+    module = ppo_module.PPOModule(ac, built.pm, built.cfg, built.prompts, built.eval_prompts, built.run_dir)
+    r = module.rollout(PROMPTS * 2, seed=0, max_new_tokens=3)
+    mask = r.response_mask.float()
+    scores = torch.tensor([1.0, -1.0] * 4)
+    adv, r.returns = gae(token_rewards(scores, torch.zeros_like(mask), mask, 0.0), r.values, mask, 1.0, 0.95)
+    r.advantages = masked_whiten(adv, mask)
+    optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=3e-3)
+    for _ in range(8):
+        loss, stats = module._loss(r)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert stats["val/ratio"] != 1.0 and stats["loss/value_avg"] < 10
+    delta = ((evaluate(ac, r.select(range(8)), 1.0, 8).logprobs - r.logprobs) * mask).sum(1)
+    assert (delta[scores > 0] > 0).all() and (delta[scores < 0] < 0).all(), delta
+
+
 def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
     over = ["ppo.kl.adaptive=true", "ppo.kl.coef=0.2", "ppo.kl.target=1.0", "ppo.kl.horizon=100",
             "ppo.eval.at_start=false", "ppo.eval.every=5"]
