@@ -36,3 +36,28 @@ def test_greedy_repeats_one_continuation(policy):
     assert all(len(set(s)) == 1 and len(s) == 3 for s in out)
     single = policy.generate(REQUESTS[:2], temperature=0.0, max_new_tokens=8, n=1)
     assert [s[0] for s in out] == [s[0] for s in single]
+
+
+def test_pure_temperature_sampling_unless_asked(policy, monkeypatch):
+    """transformers fills top_k/top_p left as None from its defaults (top-k 50): the policy must not."""
+    seen = []
+    real = policy.lm.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["generation_config"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(policy.lm, "generate", spy)
+    import torch
+
+    def processors(config):
+        config, _ = policy.lm._prepare_generation_config(config)
+        procs = policy.lm._get_logits_processor(generation_config=config, input_ids_seq_length=3,
+                                                encoder_input_ids=torch.zeros(1, 3, dtype=torch.long), device="cpu")
+        return [type(p).__name__ for p in procs]
+
+    policy.generate(REQUESTS[:1], temperature=0.7, max_new_tokens=2, n=2)
+    names = processors(seen[-1])
+    assert names[0] == "TemperatureLogitsWarper" and set(names[1:]) <= {"MinPLogitsWarper"}
+    policy.generate(REQUESTS[:1], temperature=0.7, max_new_tokens=2, n=2, top_k=5)
+    assert "TopKLogitsWarper" in processors(seen[-1])

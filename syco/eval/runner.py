@@ -91,6 +91,7 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
                     outs = policy.generate([stage_request(r, store.responses(r, g[0])) for r, g in calls],
                                            temperature=temp, max_new_tokens=int(gen["max_new_tokens"]), n=draws,
                                            batch_size=int(gen.get("batch_size", 16)),
+                                           top_k=int(gen.get("top_k") or 0), top_p=float(gen.get("top_p") or 1.0),
                                            stop_strings=["\n"] if gen.get("stop_at_newline") else None,
                                            seed=int(gen.get("seed", 0)) + stage * 7919 + start * 31 + draws,
                                            desc=f"{desc} (turn {stage + 1}/{stages})")

@@ -58,8 +58,10 @@ class Policy:
     def generate(self, requests: Sequence[Request], temperature: float = 1.0, max_new_tokens: int = 128,
                  n: int = 1, batch_size: int = 16, seed: int = 0, desc: str = "generating",
                  stop_strings: Sequence[str] | None = None, share_prompt: bool = True,
-                 min_new_tokens: int = 0) -> list[list[str]]:
+                 min_new_tokens: int = 0, top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
         """n continuations per request (greedy when temperature == 0, then one copy repeated);
+        pure temperature sampling unless top_k > 0 or top_p < 1 (the protocol samples at T=1, and the
+        KL of best-of-n is measured against exactly this distribution);
         `stop_strings` end a continuation early (the paper's released notebook stops at "\n").
 
         With n > 1 the prompt is prefilled once and its key/value cache copied to the n samples
@@ -72,7 +74,9 @@ class Policy:
         encoded = [self.tokenizer(self.prompt_text(m, p), add_special_tokens=False)["input_ids"] for m, p in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
         config = GenerationConfig(
-            do_sample=not greedy, temperature=temperature if not greedy else None, top_p=None, top_k=None,
+            do_sample=not greedy, temperature=temperature if not greedy else None,
+            # explicit: None would be filled in from the model's defaults (top_k=50)
+            top_k=int(top_k), top_p=float(top_p), min_p=0.0,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None, num_return_sequences=1 if share_prompt else draws, eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id, stop_strings=list(stop_strings) if stop_strings else None,
         )
