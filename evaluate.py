@@ -1,5 +1,6 @@
 """Evaluate a policy: `python evaluate.py policy=... eval=...` (SycophancyEval tasks + misconceptions),
-or best-of-n against preference models: `python evaluate.py method=bon bon.k=32 +bon.pms.standard=...`.
+or best-of-n against preference models: `python evaluate.py method=bon bon.k=32 +bon.pms.standard=...`,
+or every saved checkpoint of a PPO run: `python evaluate.py method=checkpoints checkpoints.run=<run> eval=...`.
 
 Composes the Hydra config (conf/evaluate.yaml), then runs syco.eval.runner.
 """
@@ -18,10 +19,14 @@ def main(cfg: DictConfig) -> None:
         from syco.bon.runner import run_bon
 
         run_bon(cfg)
+    elif cfg.method == "checkpoints":
+        from syco.ppo.checkpoints import run_checkpoints
+
+        run_checkpoints(cfg)
     elif cfg.method == "eval":
         run(cfg)
     else:
-        raise ValueError(f"method={cfg.method!r}: choose eval or bon")
+        raise ValueError(f"method={cfg.method!r}: choose eval, bon or checkpoints")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,18 @@ def publish_dir(tmp: str | Path, path: str | Path) -> Path:
     return path
 
 
+def save_figure_atomic(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure through a temp file and rename, then close it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
 def _finite(obj: Any) -> Any:
     """NaN/inf become null: an undefined metric must not read as a number."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -1,0 +1,140 @@
+"""Sycophancy along a PPO run (checkpoints.json): metric-vs-step and metric-vs-KL plots (PNG), the
+best-of-n curves of a BoN results.json on the same KL axis, and W&B with custom x-axes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from syco.bon.report import HEADLINE as BON_HEADLINE
+from syco.bon.report import _dataset_view
+from syco.bon.report import curves as bon_curves
+from syco.bon.report import flat_metrics as bon_flat
+from syco.tracking import save_figure_atomic
+
+log = logging.getLogger(__name__)
+HEADLINE = (*BON_HEADLINE, ("are_you_sure", "admits_mistake"))
+Point = tuple[int, float, float, float, float]  # step, KL, value, interval low, interval high
+
+
+def curve(summary: Mapping[str, Any], task: str, metric: str, judge: str | None = None) -> list[Point]:
+    """[(step, kl, value, lo, hi)] of one metric ("all" datasets, or the only one), in step order;
+    steps where it is undefined are left out; no interval (one item): lo = hi = value."""
+    judge = judge or summary["judge"]
+    kl = {p["step"]: p["kl"] for p in summary["points"]}
+    pts = []
+    for step, by_task in summary["results"].items():
+        view = _dataset_view(by_task.get(task, {}).get(judge, {}))
+        m = view[1].get(metric) if view else None
+        if m and m.get("value") is not None:
+            lo, hi = m.get("ci") or (m["value"], m["value"])
+            pts.append((int(step), kl[int(step)], m["value"], lo, hi))
+    return sorted(pts)
+
+
+def plot_checkpoints(summary: Mapping[str, Any], folder: Path, bon: Mapping[str, Any] | None = None,
+                     overlays: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
+    """One PNG per headline metric present: against PPO step, and against KL (measured for PPO,
+    nominal for the BoN curves of `bon`, one per PM); `overlays` are other runs' checkpoints.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = [summary, *overlays]
+    written = []
+    for task, metric in HEADLINE:
+        lines = [(s["label"], curve(s, task, metric)) for s in runs]
+        lines = [(label, pts) for label, pts in lines if pts]
+        bon_lines = bon_curves(bon, task, metric) if bon else {}
+        if not lines:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for label, pts in lines:
+            for ax, x in zip(axes, (0, 1)):
+                xs, ys = [p[x] for p in pts], [p[2] for p in pts]
+                err = [[y - p[3] for y, p in zip(ys, pts)], [p[4] - y for y, p in zip(ys, pts)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        for pm_name, pts in bon_lines.items():
+            kls = [bon["kl_nominal"][str(p[0])] for p in pts]
+            (line,) = axes[1].plot(kls, [p[1] for p in pts], marker="s", linestyle="--", label=f"best-of-n, {pm_name}")
+            axes[1].fill_between(kls, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15, color=line.get_color())
+        estimators = ", ".join(sorted({r["kl"]["estimator"] for r in runs}))
+        axes[0].set_xlabel("PPO step")
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[1].set_xlabel(f"KL to the reference (nats): PPO measured ({estimators})"
+                           + (", best-of-n nominal" if bon_lines else ""))
+        axes[0].set_ylabel(f"{task}: {metric}")
+        axes[0].legend(fontsize=8)
+        if bon_lines:
+            axes[1].legend(fontsize=8)
+        fig.suptitle(f"{task} {metric} along PPO ({summary['eval_name']}, judge {summary['judge']}; "
+                     f"95% intervals{', BoN: bootstrap' if bon_lines else ''})")
+        fig.tight_layout()
+        written.append(save_figure_atomic(fig, folder / f"{task}_{metric.replace('/', '_')}.png"))
+    return written
+
+
+def flat_metrics(summary: Mapping[str, Any], step: str) -> dict[str, float]:
+    """`ppo/<judge>/<task>/<dataset>/<metric>` at one step, with the interval bounds beside (the
+    layout of a BoN run's `bon/<pm>/<task>/<dataset>/<metric>`)."""
+    by_judge: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, judges in summary["results"][step].items():
+        for judge, by_dataset in judges.items():
+            by_judge.setdefault(judge, {step: {}})[step][task] = by_dataset
+    return {f"ppo/{k[4:]}": v for k, v in bon_flat({"results": by_judge}, step).items()}
+
+
+def rows(summary: Mapping[str, Any]) -> list[dict[str, float]]:
+    """One row per step: the axes ppo/step and ppo/kl, the run's own eval numbers, every metric."""
+    out = []
+    for p in summary["points"]:
+        row = {"ppo/step": float(p["step"]), "ppo/kl": float(p["kl"])}
+        row.update({f"ppo/run_{k}": float(v) for k, v in p["ppo_eval"].items() if isinstance(v, (int, float))})
+        row.update(flat_metrics(summary, str(p["step"])))
+        out.append(row)
+    return out
+
+
+def track(cfg: DictConfig, summary: Mapping[str, Any], plots: Sequence[Path], bon: Mapping[str, Any] | None) -> None:
+    """W&B: every metric with step_metric ppo/kl (ppo/*) and again with ppo/step (ppo_step/*), the
+    BoN overlay with bon/kl (as a BoN run logs it), the plots; other loggers get one row per step."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            run = lg.experiment
+            for axis in ("ppo/step", "ppo/kl", "bon/kl"):
+                run.define_metric(axis)
+            run.define_metric("ppo/*", step_metric="ppo/kl")
+            run.define_metric("ppo_step/*", step_metric="ppo/step")
+            run.define_metric("bon/*", step_metric="bon/kl")
+            for row in rows(summary):
+                by_step = {f"ppo_step/{k[4:]}": v for k, v in row.items() if k not in ("ppo/step", "ppo/kl")}
+                run.log({**row, **by_step})
+            for n in (bon or {}).get("n_grid") or []:
+                run.log({"bon/n": n, "bon/kl": bon["kl_nominal"][str(n)], **bon_flat(bon, str(n))})  # type: ignore[index]
+            run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+            run.summary.update({"ppo/kl_estimator": summary["kl"]["estimator"], "ppo/run": summary["run"]})
+        else:
+            for i, row in enumerate(rows(summary)):
+                lg.log_metrics(row, step=i)
+        lg.finalize("success")
+
+
+def log_summary(summary: Mapping[str, Any]) -> None:
+    kl = summary["kl"]
+    log.info("KL axis: %s (%s estimator; %s)", kl["key"], kl["estimator"], kl["what"])
+    for task, metric in HEADLINE:
+        for step, k, v, lo, hi in curve(summary, task, metric):
+            log.info("step %-5d KL %-8.3f %-14s %-26s %.3f [%.3f, %.3f]", step, k, task, metric, v, lo, hi)
