@@ -22,7 +22,7 @@ HEADLINE = (
 )
 
 
-def _dataset_view(by_dataset: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+def dataset_view(by_dataset: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
     """"all" when several datasets were pooled, else the only one."""
     if "all" in by_dataset:
         return "all", by_dataset["all"]
@@ -37,7 +37,7 @@ def curves(summary: Mapping[str, Any], task: str, metric: str) -> dict[str, list
     for pm_name, by_n in summary["results"].items():
         pts = []
         for n, by_task in by_n.items():
-            view = _dataset_view(by_task.get(task, {}))
+            view = dataset_view(by_task.get(task, {}))
             m = view[1].get(metric) if view else None
             if m and m.get("value") is not None:
                 lo, hi = m.get("ci") or (m["value"], m["value"])

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from syco.bon.report import HEADLINE as BON_HEADLINE
-from syco.bon.report import _dataset_view
 from syco.bon.report import curves as bon_curves
+from syco.bon.report import dataset_view
 from syco.bon.report import flat_metrics as bon_flat
 from syco.tracking import save_figure_atomic
 
@@ -29,7 +29,7 @@ def curve(summary: Mapping[str, Any], task: str, metric: str, judge: str | None 
     kl = {p["step"]: p["kl"] for p in summary["points"]}
     pts = []
     for step, by_task in summary["results"].items():
-        view = _dataset_view(by_task.get(task, {}).get(judge, {}))
+        view = dataset_view(by_task.get(task, {}).get(judge, {}))
         m = view[1].get(metric) if view else None
         if m and m.get("value") is not None:
             lo, hi = m.get("ci") or (m["value"], m["value"])
