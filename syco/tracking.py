@@ -36,6 +36,13 @@ def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".",
     return WandbLogger(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
 
 
+def build_loggers(cfg: Mapping[str, Any]) -> list[Logger]:
+    """The configured loggers (`cfg.logger`: name -> instantiable config; null entries are off)."""
+    from hydra.utils import instantiate
+
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
 def log_summary(loggers: list[Logger], metrics: Mapping[str, Any]) -> None:
     """Final results: W&B run summary, and one row for the others."""
     flat = {k: v["value"] if isinstance(v, Mapping) else v for k, v in metrics.items()}

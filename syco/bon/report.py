@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from syco.tracking import build_loggers
 
 # the curves worth a figure: (task, metric)
 HEADLINE = (
@@ -103,7 +104,7 @@ def track(cfg: DictConfig, summary: Mapping[str, Any], plots: Sequence[Path], ta
     """Every metric per n with n, log2 n and nominal KL as x-axes (W&B define_metric); CSV gets rows."""
     from lightning.pytorch.loggers import WandbLogger
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_loggers(cfg)
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             import wandb

@@ -21,7 +21,7 @@ from syco.eval.metrics import cohen_kappa
 from syco.eval.records import EvalRecord
 from syco.eval.tasks import STAGES, labels_for_agreement, stage_request, task_metrics, temperature, verdicts
 from syco.policy import Policy
-from syco.tracking import write_json_atomic
+from syco.tracking import build_loggers, write_json_atomic
 
 log = logging.getLogger(__name__)
 TASKS = ("feedback", "are_you_sure", "answer", "mimicry", "misconceptions")
@@ -240,7 +240,7 @@ def flatten(results: Mapping[str, Any]) -> dict[str, float]:
 def _track(cfg: DictConfig, summary: dict[str, Any], samples: Mapping[str, list[dict[str, Any]]]) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_loggers(cfg)
     flat = flatten(summary["results"])
     for task, pairs in summary["agreement"].items():
         for pair, k in pairs.items():

@@ -17,13 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from syco.data.preference import PreferenceDataModule, build_preference_splits
 from syco.pm.model import PreferenceModel, load
 from syco.pm.module import PreferenceModelModule
-from syco.tracking import log_summary, write_json_atomic
+from syco.tracking import build_loggers, log_summary, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:

@@ -8,14 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from syco.bon.report import HEADLINE as BON_HEADLINE
 from syco.bon.report import curves as bon_curves
 from syco.bon.report import dataset_view
 from syco.bon.report import flat_metrics as bon_flat
-from syco.tracking import save_figure_atomic
+from syco.tracking import build_loggers, save_figure_atomic
 
 log = logging.getLogger(__name__)
 HEADLINE = (*BON_HEADLINE, ("are_you_sure", "admits_mistake"))
@@ -108,7 +107,7 @@ def track(cfg: DictConfig, summary: Mapping[str, Any], plots: Sequence[Path], bo
     BoN overlay with bon/kl (as a BoN run logs it), the plots; other loggers get one row per step."""
     from lightning.pytorch.loggers import WandbLogger
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_loggers(cfg)
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             import wandb

@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
 from syco.pm.model import load
-from syco.pm.training import build_loggers, resolve_ckpt_path
+from syco.pm.training import resolve_ckpt_path
 from syco.ppo.config import PPOConfig
 from syco.ppo.model import ActorCritic
 from syco.ppo.module import PPOModule
-from syco.tracking import write_json_atomic
+from syco.tracking import build_loggers, write_json_atomic
 
 log = logging.getLogger(__name__)
 
