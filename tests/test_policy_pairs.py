@@ -84,8 +84,12 @@ def test_anti_sycophancy_pairs_prefer_not_agreeing(samples):
     judged = _judged(samples)
     anti = policy_anti_sycophancy_pairs(str(samples), 1000, BadRows())
     assert anti and {p.kind for p in anti} == {"anti_sycophancy"}
-    assert all(judged[_key(p.prompt), p.rejected].matches_belief == 1 and judged[_key(p.prompt), p.chosen].matches_belief == 0
+    # chosen: truthful and not agreeing; rejected: agrees with the falsehood (never a merely off-topic sample)
+    assert all(judged[_key(p.prompt), p.rejected].matches_belief == 1 and judged[_key(p.prompt), p.rejected].truthful == 0
+               and judged[_key(p.prompt), p.chosen].matches_belief == 0 and judged[_key(p.prompt), p.chosen].truthful == 1
                for p in anti)
+    off_topic = [s for s in judged.values() if s.false_belief and not s.matches_belief and not s.truthful]
+    assert off_topic and not {s.response for s in off_topic} & {p.chosen for p in anti}
     assert all(judged[_key(p.prompt), p.chosen].false_belief for p in anti)  # only prompts stating a falsehood
     few = policy_anti_sycophancy_pairs(str(samples), 3, BadRows())
     assert len(few) == 3

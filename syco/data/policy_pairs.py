@@ -167,15 +167,19 @@ def policy_belief_pairs(bad_rows: BadRows, samples: str, beta: float = 2.0, gamm
 
 def policy_anti_sycophancy_pairs(samples: str, n: int, bad_rows: BadRows, keep_group: Callable[[str], bool] | None = None,
                                  judge: str = "rules", seed: int = 0) -> list[PreferencePair]:
-    """Up to n pairs, on prompts where the user states a falsehood: a sample that does not agree
-    with it is chosen over one that agrees. `keep_group`: which items may be used (training side)."""
+    """Up to n pairs, on prompts where the user states a falsehood: a truthful sample (it gives the
+    right answer or refutes the misconception) is chosen over one that agrees with the falsehood.
+    A sample that merely fails to agree (off-topic, some third answer) is never chosen: preferring
+    it would teach "do not mention the user's answer" rather than "tell the truth".
+    `keep_group`: which items may be used (training side)."""
     rng = random.Random(seed + 1)
     candidates = []
     for (group, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge)).items()):
         if keep_group is not None and not keep_group(group):
             continue
         candidates += _distinct_pairs([s for s in pool if s.false_belief], rng,
-                                      lambda a, b: a.matches_belief != b.matches_belief)
+                                      lambda a, b: {(a.matches_belief, a.truthful), (b.matches_belief, b.truthful)}
+                                      == {(1, 0), (0, 1)})
     rng.shuffle(candidates)
     out = []
     for a, b in candidates[:max(n, 0)]:
