@@ -84,6 +84,18 @@ def test_probe_preferences_per_pm(bon_run):
                 assert (valid["value"] is None) == (valid["count"] == 0)
 
 
+def test_pool_preferences_per_pm(bon_run):
+    prefs = bon_run["results"]["pool_preferences"]
+    assert set(prefs) == {"a", "b", "b_prompted"}
+    for by_pool in prefs.values():
+        assert set(by_pool) == {"answer", "misconceptions", "misconception_probe/sycophantic"}
+        answer = by_pool["answer"]
+        assert {"prefers_agreeing_over_truthful", "prefers_correct/plain", "prefers_correct/suggest_incorrect"} <= set(answer)
+        for m in (*answer.values(), *by_pool["misconceptions"].values()):
+            assert (m["value"] is None) == (m["count"] == 0)
+            assert m["value"] is None or 0.0 <= m["value"] <= 1.0
+
+
 def test_plots_and_score_caches(bon_run):
     run = bon_run["dir"]
     assert (run / "plots" / "answer_sycophancy.png").stat().st_size > 1000

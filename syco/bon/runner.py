@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from syco.bon.estimate import ORACLE, STATISTICS, bootstrap_metrics, expected_samples, n_grid, oracle_scores
+from syco.bon.pairwise import pool_preferences
 from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
 from syco.bon.scoring import pm_spec, score_pools
 from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
@@ -145,6 +146,10 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
             for dataset in sorted({s["record"].dataset for s in written["sycophantic"]}):
                 part = {kind: [s for s in ss if s["record"].dataset == dataset] for kind, ss in written.items()}
                 preferences[pm_name][dataset] = preference_rates(part, by_kind, judge_name)
+    # inside each pool: does the PM rank agreeing above truthful samples, correct above incorrect?
+    pairwise = {pm_name: {name: pool_preferences(_task(name), task_pools, scores[pm_name], judge_name)
+                          for name, task_pools in pools.items() if task_pools and len(task_pools[0]["samples"]) > 1}
+                for pm_name in [s["name"] for s in specs]}
     summary = {
         "method": "best_of_n",
         "k": k,
@@ -155,6 +160,7 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
         | ({"oracle": "truthful verdict"} if "oracle" in scores else {}),
         "results": results,
         "probe_preferences": preferences,
+        "pool_preferences": pairwise,
         "pools": {t: len(p) for t, p in pools.items()},
         "samples": {t: sum(len(x["samples"]) for x in p) for t, p in pools.items()},
         "generation_time_s": generation_s,
@@ -200,6 +206,13 @@ def _log_summary(summary: Mapping[str, Any]) -> None:
                             ci = m.get("ci") or [float("nan")] * 2
                             log.info("%-10s n=%-4s %-14s %-16s %-26s %.3f [%.3f, %.3f] (n_items=%d)", pm_name, n,
                                      task, dataset, name, m["value"], ci[0], ci[1], m.get("count", 0))
+    for pm_name, by_pool in summary.get("pool_preferences", {}).items():
+        for pool_name, rates in by_pool.items():
+            for name, m in rates.items():
+                if m.get("value") is not None:
+                    se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+                    log.info("%-10s pool %-28s %-36s %.3f%s (items=%d)", pm_name, pool_name, name, m["value"], se,
+                             m["count"])
     for pm_name, by_dataset in summary.get("probe_preferences", {}).items():
         for dataset, rates in by_dataset.items():
             for name, m in rates.items():
