@@ -115,3 +115,15 @@ def test_fsdp_wrap_policy_instantiates():
     assert policy(LlamaDecoderLayer(), False, 0) is True
     assert policy(object(), False, 0) is False
     assert policy(object(), True, 0) is True
+
+
+@pytest.mark.parametrize("pm", ["standard", "nonsyco"])
+def test_planted_bias_policy_experiment(compose_train, pm):
+    cfg = _resolved(compose_train("experiment=planted_bias_policy", f"pm={pm}", "data.policy_samples=/x/samples.jsonl"))
+    sources = cfg["data"]["sources"]
+    assert set(sources) == {"beliefs", "policy"} and sources["policy"]["samples"] == "/x/samples.jsonl"
+    # one rater for the templated and the policy-written pairs, with the strong planted bias
+    assert sources["policy"]["beta"] == sources["beliefs"]["beta"] == 4.0
+    assert sources["policy"]["gamma"] == sources["beliefs"]["gamma"] == 2.0
+    assert cfg["pm"]["variant"] == pm and cfg["run_name"] == f"planted_bias_policy-{pm}-smollm2-135m-instruct"
+    assert (cfg["pm"]["anti_sycophancy"].get("samples") == "/x/samples.jsonl") == (pm == "nonsyco")
