@@ -126,3 +126,17 @@ def test_bad_pm_path_and_multi_turn_task_fail_clearly(tmp_path):
     assert proc.returncode != 0 and "bon.pms.x" in proc.stderr and "not an exported syco PM" in proc.stderr
     proc = evaluate(tmp_path / "r2", *SMALL, "bon.tasks=[are_you_sure]", check=False)
     assert proc.returncode != 0 and "single-turn tasks" in proc.stderr
+    for device, message in (("meta", "PMs score on cpu or cuda"), ("tpu", "is not a device")):
+        proc = evaluate(tmp_path / f"r_{device}", *SMALL, f"bon.device={device}", check=False)
+        assert proc.returncode != 0 and f"bon.device={device!r}" in proc.stderr and message in proc.stderr
+        assert not (tmp_path / f"r_{device}" / "samples.jsonl").exists()  # failed before sampling
+
+
+def test_pm_scores_on_the_device_asked_for(tmp_path):
+    from syco.bon.scoring import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda:0")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from syco.bon.estimate import ORACLE, STATISTICS, bootstrap_metrics, expected_samples, n_grid, oracle_scores
 from syco.bon.pairwise import pool_preferences
 from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
-from syco.bon.scoring import pm_spec, score_pools
+from syco.bon.scoring import pm_spec, resolve_device, score_pools
 from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
 from syco.data.pairs import BadRows
 from syco.eval.judges import CachedJudge
@@ -100,6 +100,7 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
              for name, s in (bon.get("pms") or {}).items() if s is not None]
     if not specs and not bon.get("oracle", True):
         raise ValueError("bon.pms is empty and bon.oracle is false: nothing selects the samples")
+    device = resolve_device(bon.get("device", "auto"))  # a bad value fails before any sampling
 
     pools = build_pools(cfg, k, run_dir)
     generation_s = time.time() - start
@@ -117,7 +118,8 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     scores: dict[str, dict[str, np.ndarray]] = {}
     for spec in specs:
         scores[spec["name"]] = score_pools(spec, everything, run_dir / "pool_scores" / f"{spec['name']}.json",
-                                           cache_dir=cfg.cache_dir, batch_size=int(bon.get("score_batch_size", 16)))
+                                           cache_dir=cfg.cache_dir, batch_size=int(bon.get("score_batch_size", 16)),
+                                           device=device)
     if bon.get("oracle", True):
         scores["oracle"] = {p["record"].key: oracle_scores(_task(name), [s["verdicts"].get(judge_name)
                                                                         for s in p["samples"]])

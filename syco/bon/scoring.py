@@ -43,10 +43,30 @@ def fingerprint(spec: Mapping[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def resolve_device(device: str | None) -> str:
+    """`bon.device`: auto (the GPU when there is one), cpu, cuda, cuda:<i>; checked before any scoring."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError as e:
+        raise ValueError(f"bon.device={device!r} is not a device (use auto, cpu, cuda or cuda:<index>)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"bon.device={device!r} but no CUDA device is available here (use auto or cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"bon.device={device!r}: PMs score on cpu or cuda")
+    return str(dev)
+
+
 def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cache_file: Path,
-                cache_dir: Path | None = None, batch_size: int = 16, chunk: int = 32) -> dict[str, np.ndarray]:
+                cache_dir: Path | None = None, batch_size: int = 16, chunk: int = 32,
+                device: str | None = "auto") -> dict[str, np.ndarray]:
     """{record key: [K] scores} for every pool; `pools[j]` = {"record", "samples", optional "prompt": the
-    messages the PM scores the samples behind, when they differ from the record's own}."""
+    messages the PM scores the samples behind, when they differ from the record's own}. `device`:
+    auto (the GPU when there is one), cpu, cuda, cuda:1, ..."""
+    device = resolve_device(device)
     fp = fingerprint(spec)
     cached: dict[str, list[float]] = {}
     if cache_file.is_file():
@@ -59,7 +79,7 @@ def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cac
     if todo:
         import syco.pm
 
-        pm = syco.pm.load(spec["path"], prefix=spec["prefix"], cache_dir=cache_dir)
+        pm = syco.pm.load(spec["path"], prefix=spec["prefix"], cache_dir=cache_dir, device=device)
         log.info("%s: scoring %d pools (%d responses)", spec["name"], len(todo), sum(len(p["samples"]) for p in todo))
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]

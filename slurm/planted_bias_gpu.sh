@@ -1,0 +1,85 @@
+#!/bin/bash
+#SBATCH --job-name=syco-planted-bias
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=16
+#SBATCH --mem=64G
+#SBATCH --time=00:15:00
+#SBATCH --output=%x-%j.out
+# The planted-bias measurement at GPU scale, in one job on one GPU (side by side on it):
+#   1. the standard and the nonsyco PM on every belief pair (templated + policy-written), 2 epochs;
+#      best-of-n pools of K=64 on the held-out facts and misconceptions, generated meanwhile;
+#   2. both PMs score the pools (results.json at every n), and PPO runs against each PM (the other
+#      one as gold), temperature 0.7, training prompts = facts and misconceptions (training side);
+#   3. every saved PPO step evaluated on the held-out items (evaluate.py method=checkpoints).
+# A deadline (DEADLINE seconds from the start) keeps it inside the job's time limit: PPO stops early
+# if it must, keeping its saved steps. Needs the policy samples of the fourth measurement (README):
+#   sbatch slurm/planted_bias_gpu.sh                  # or: bash slurm/planted_bias_gpu.sh on a GPU machine
+#   PS=<samples.jsonl> R=<run folder> OUT=<pack folder> PPO_STEPS=100 DEADLINE=560 sbatch ...
+# SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
+set -u
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+R=${R:-outputs/planted_bias_gpu}; mkdir -p $R
+DEADLINE=${DEADLINE:-560}
+PS=${PS:-outputs/policy_samples_t07/samples.jsonl}
+[ -f $PS ] || gunzip -k $PS.gz || { echo "policy samples $PS (or $PS.gz) not found: see README, fourth measurement"; exit 1; }
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+if [ "${SMALL:-0}" = 1 ]; then
+  PM_X="data.max_train_pairs=24 data.max_val_pairs=16 trainer.max_epochs=1 data.probe.templates=1"
+  K=4; BON_X="eval.answer.sources.builtin.limit=4 eval.misconceptions.sources.builtin.limit=3"
+  PPO_X="ppo.total_steps=2 ppo.batch_size=4 ppo.mini_batch_size=2 ppo.eval.every=1 ppo.eval_prompts.limit=4"
+  CK_X="eval.answer.sources.builtin.limit=3 eval.misconceptions.sources.builtin.limit=2 eval.generation.samples_per_prompt=2"
+  TR="trainer=cpu"; GEN_BS=16
+else
+  PM_X="data.max_train_pairs=null trainer.max_epochs=2"
+  K=64; BON_X=""
+  PPO_X="ppo.total_steps=${PPO_STEPS:-100} ppo.batch_size=32 ppo.mini_batch_size=16 ppo.eval.every=20 ppo.checkpoint_every=20"
+  CK_X="eval.generation.samples_per_prompt=6 eval.generation.batch_size=512"
+  TR="trainer=gpu trainer.precision=32-true"; GEN_BS=1024
+fi
+run() {  # name, seconds, command...: a stage with its own log and a hard stop
+  local name=$1 secs=$(( $2 * ${SCALE:-1} )); shift 2
+  el "start $name (limit ${secs}s)"
+  timeout -k 10 $secs "$@" > $R/$name.log 2>&1; local rc=$?
+  el "end $name rc=$rc"; tail -n 4 $R/$name.log | sed "s/^/  $name| /"
+  return $rc
+}
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+el "model cache"
+python3 - <<'PY' || exit 1
+from pathlib import Path; import os, yaml
+from syco.models.backbone import _gguf_cache_dir
+print(_gguf_cache_dir(yaml.safe_load(open("conf/model/smollm2.yaml")), Path(os.environ["SYCO_CACHE"])))
+PY
+el "cached"
+PMC="experiment=planted_bias_policy $TR data.policy_samples=$PS $PM_X"
+BON="method=bon eval=planted_bias bon.k=$K bon.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
+run pm_standard 240 python3 train.py $PMC hydra.run.dir=$R/pms/standard &
+sleep 5
+run pm_nonsyco 240 python3 train.py $PMC pm=nonsyco pm.anti_sycophancy.ratio=0.7 hydra.run.dir=$R/pms/nonsyco &
+sleep 5
+run bon_pools 240 python3 evaluate.py $BON &
+wait
+ls $R/pms/standard/pm $R/pms/nonsyco/pm > /dev/null || { el "a PM is missing"; }
+G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=2 ppo.optimizer.lr=1e-4 ppo.prompts.misconceptions=builtin $PPO_X"
+PPO_T=$(( $(left) - 150 ))
+run ppo_standard $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/standard/pm ppo.gold_pm=$R/pms/nonsyco/pm hydra.run.dir=$R/ppo/standard &
+P1=$!; sleep 3
+run ppo_nonsyco $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/nonsyco/pm ppo.gold_pm=$R/pms/standard/pm hydra.run.dir=$R/ppo/nonsyco &
+P2=$!; sleep 3
+run bon_scored $(( $(left) - 20 )) python3 evaluate.py $BON +bon.pms.standard=$R/pms/standard/pm +bon.pms.nonsyco=$R/pms/nonsyco/pm &
+wait $P1 $P2
+for v in standard nonsyco; do
+  o=nonsyco; [ $v = nonsyco ] && o=standard
+  run ck_$v $(( $(left) - 15 )) python3 evaluate.py method=checkpoints eval=planted_bias checkpoints.run=$R/ppo/$v \
+    eval.generation.temperature_free=0.7 $CK_X &
+  sleep 2
+done
+wait
+el "packing"
+O=${OUT:-$R/packed}; mkdir -p $O
+tar -czf $O/logs.tgz -C $R $(cd $R && ls *.log) 2>/dev/null
+for v in standard nonsyco; do (cd $R && tar -czf $O/pm_$v.tgz --exclude='checkpoints' pms/$v); done
+(cd $R && tar -czf $O/bon.tgz --exclude='judge_cache' bon)
+(cd $R && tar -czf $O/ppo.tgz --exclude='checkpoints' --exclude='*.ckpt' --exclude='*.safetensors' ppo)
+ls -la $O; el "done"
