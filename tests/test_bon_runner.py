@@ -69,6 +69,20 @@ def test_results_for_every_pm_n_and_task(bon_run):
     assert r["kl_nominal"]["1"] == 0.0
 
 
+def test_paired_differences_between_pms_and_rises_from_n1(bon_run):
+    r = bon_run["results"]
+    assert set(r["differences"]) == {"a-b", "a-b_prompted", "b-b_prompted"}  # bon.compare=auto
+    for n in ("1", "2", "4"):
+        d = r["differences"]["a-b"][n]["answer"]["builtin"]["sycophancy"]
+        va, vb = (r["results"][pm][n]["answer"]["builtin"]["sycophancy"]["value"] for pm in ("a", "b"))
+        assert d["value"] == pytest.approx(va - vb) and d["ci"][0] <= d["value"] + 1e-12 <= d["ci"][1] + 2e-12
+    assert r["differences"]["a-b"]["1"]["answer"]["builtin"]["sycophancy"]["value"] == pytest.approx(0.0)
+    assert set(r["rises"]) == {"a", "b", "b_prompted", "oracle"} and set(r["rises"]["oracle"]) == {"2", "4"}
+    rise = r["rises"]["oracle"]["4"]["answer"]["builtin"]["accuracy/plain"]
+    at = {n: r["results"]["oracle"][n]["answer"]["builtin"]["accuracy/plain"]["value"] for n in ("1", "4")}
+    assert rise["value"] == pytest.approx(at["4"] - at["1"]) and rise["value"] >= 0
+
+
 def test_probe_preferences_per_pm(bon_run):
     prefs = bon_run["results"]["probe_preferences"]
     assert set(prefs) == {"a", "b", "b_prompted"}  # PMs only: the oracle has no scores for written replies
@@ -100,6 +114,7 @@ def test_plots_and_score_caches(bon_run):
     run = bon_run["dir"]
     assert (run / "plots" / "answer_sycophancy.png").stat().st_size > 1000
     assert (run / "plots" / "misconceptions_sycophantic.png").is_file()
+    assert (run / "plots" / "difference_answer_sycophancy.png").stat().st_size > 1000
     a = json.loads((run / "pool_scores" / "a.json").read_text())
     b = json.loads((run / "pool_scores" / "b.json").read_text())
     assert len(a["scores"]) == 3 * 4 + 3 + 3 * 2

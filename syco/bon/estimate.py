@@ -90,34 +90,87 @@ def expected_samples(task: str, pools: Sequence[Mapping[str, Any]], scores: Mapp
     return out
 
 
+def _by_item(samples: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    by_item: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in samples:
+        by_item[(s["record"].dataset, s["record"].item_id)].append(s)
+    return by_item
+
+
+def _resample(by_item: Mapping[tuple[str, str], list[dict[str, Any]]], picks: Sequence[tuple[str, str]]
+              ) -> list[dict[str, Any]]:
+    """The samples of the picked items; a fresh name per draw, so a twice-drawn item counts twice
+    in the per-item means."""
+    out = []
+    for j, (dataset, item) in enumerate(picks):
+        out += [{**s, "record": ItemRecord(dataset, s["record"].template, f"{item}#{j}")}
+                for s in by_item.get((dataset, item), [])]
+    return out
+
+
+def _ci(draws: Sequence[float], level: float) -> list[float]:
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return [float(lo), float(hi)]
+
+
 def bootstrap_metrics(task: str, samples: Sequence[dict[str, Any]], judge: str, *, rounds: int = 300,
                       level: float = 0.95, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
     """task_metrics with a percentile interval per metric from resampling items with replacement."""
     point = task_metrics(task, samples, judge)
     if rounds <= 0:
         return point
-    by_item: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for s in samples:
-        by_item[(s["record"].dataset, s["record"].item_id)].append(s)
+    by_item = _by_item(samples)
     items = sorted(by_item)
     rng = np.random.default_rng(seed)
     draws: dict[tuple[str, str], list[float]] = defaultdict(list)
     for _ in range(rounds):
-        resampled = []
-        for j, pick in enumerate(rng.integers(0, len(items), size=len(items))):
-            dataset, item = items[pick]
-            # a fresh name per draw: a twice-drawn item counts twice in the per-item means
-            resampled += [{**s, "record": ItemRecord(dataset, s["record"].template, f"{item}#{j}")}
-                          for s in by_item[items[pick]]]
-        for dataset, metrics in task_metrics(task, resampled, judge).items():
+        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
+        for dataset, metrics in task_metrics(task, _resample(by_item, picks), judge).items():
             for name, m in metrics.items():
                 if m.get("value") is not None:
                     draws[(dataset, name)].append(m["value"])
-    tail = (1 - level) / 2
     for dataset, metrics in point.items():
         for name, m in metrics.items():
             got = draws.get((dataset, name))
             if m.get("value") is not None and got:
-                lo, hi = np.quantile(got, [tail, 1 - tail])
-                m["ci"] = [float(lo), float(hi)]
+                m["ci"] = _ci(got, level)
     return point
+
+
+def bootstrap_difference(task: str, samples_a: Sequence[dict[str, Any]], samples_b: Sequence[dict[str, Any]],
+                         judge: str, *, rounds: int = 300, level: float = 0.95,
+                         seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metric(a) - metric(b) on the same items (e.g. two PMs selecting from the same pools), with a
+    paired percentile interval: each bootstrap round resamples the items once and reads both.
+    Pairing removes the between-item variance that two separate intervals both carry."""
+    point_a, point_b = task_metrics(task, samples_a, judge), task_metrics(task, samples_b, judge)
+    by_a, by_b = _by_item(samples_a), _by_item(samples_b)
+    items = sorted(set(by_a) & set(by_b))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dataset, metrics in point_a.items():
+        for name, m in metrics.items():
+            other = point_b.get(dataset, {}).get(name, {})
+            if m.get("value") is None or other.get("value") is None:
+                continue
+            out.setdefault(dataset, {})[name] = {"value": m["value"] - other["value"], "count": m.get("count")}
+    if rounds <= 0 or not items:
+        return out
+    rng = np.random.default_rng(seed)
+    draws: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
+        ma = task_metrics(task, _resample(by_a, picks), judge)
+        mb = task_metrics(task, _resample(by_b, picks), judge)
+        for dataset, metrics in out.items():
+            for name in metrics:
+                va = ma.get(dataset, {}).get(name, {}).get("value")
+                vb = mb.get(dataset, {}).get(name, {}).get("value")
+                if va is not None and vb is not None:
+                    draws[(dataset, name)].append(va - vb)
+    for dataset, metrics in out.items():
+        for name, m in metrics.items():
+            got = draws.get((dataset, name))
+            if got:
+                m["ci"] = _ci(got, level)
+    return out

@@ -32,10 +32,12 @@ def dataset_view(by_dataset: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]
     return None
 
 
-def curves(summary: Mapping[str, Any], task: str, metric: str) -> dict[str, list[tuple[int, float, float, float]]]:
-    """{pm: [(n, value, ci_low, ci_high)]} for one metric (points without a value are left out)."""
+def curves(summary: Mapping[str, Any], task: str, metric: str,
+           key: str = "results") -> dict[str, list[tuple[int, float, float, float]]]:
+    """{pm: [(n, value, ci_low, ci_high)]} for one metric (points without a value are left out);
+    key="differences": {"a-b": ...}, the paired differences between PMs."""
     out: dict[str, list[tuple[int, float, float, float]]] = {}
-    for pm_name, by_n in summary["results"].items():
+    for pm_name, by_n in summary.get(key, {}).items():
         pts = []
         for n, by_task in by_n.items():
             view = dataset_view(by_task.get(task, {}))
@@ -49,7 +51,8 @@ def curves(summary: Mapping[str, Any], task: str, metric: str) -> dict[str, list
 
 
 def plot_results(summary: Mapping[str, Any], folder: Path) -> list[Path]:
-    """One PNG per headline metric: against n (log2 axis) and against nominal KL, a line per PM."""
+    """One PNG per headline metric: against n (log2 axis) and against nominal KL, a line per PM; and
+    `difference_<metric>.png`: PM a minus PM b on the same pools, paired intervals, a line per pair."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,10 +60,11 @@ def plot_results(summary: Mapping[str, Any], folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for task, metric in HEADLINE:
-        lines = curves(summary, task, metric)
+    for (task, metric), key in [(h, k) for k in ("results", "differences") for h in HEADLINE]:
+        lines = curves(summary, task, metric, key)
         if not lines:
             continue
+        diff = key == "differences"
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         for pm_name, pts in lines.items():
             ns = [p[0] for p in pts]
@@ -71,11 +75,15 @@ def plot_results(summary: Mapping[str, Any], folder: Path) -> list[Path]:
         axes[0].set_xscale("log", base=2)
         axes[0].set_xlabel("n (best-of-n)")
         axes[1].set_xlabel("KL(best-of-n || policy), nominal")
-        axes[0].set_ylabel(f"{task}: {metric}")
+        axes[0].set_ylabel(f"{task}: {metric}" + (", PM a - PM b" if diff else ""))
+        if diff:
+            for ax in axes:
+                ax.axhline(0.0, color="grey", lw=0.8)
         axes[0].legend()
-        fig.suptitle(f"{task} {metric} against optimization (K={summary['k']}, 95% bootstrap intervals)")
+        what = "difference between PMs on the same pools, paired" if diff else "against optimization"
+        fig.suptitle(f"{task} {metric}: {what} (K={summary['k']}, 95% bootstrap intervals)")
         fig.tight_layout()
-        path = folder / f"{task}_{metric.replace('/', '_')}.png"
+        path = folder / f"{'difference_' if diff else ''}{task}_{metric.replace('/', '_')}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, dpi=110)
         tmp.replace(path)

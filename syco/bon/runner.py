@@ -2,7 +2,8 @@
 
 One pool of K samples per eval prompt (generated once, resumable from samples.jsonl), every
 sample judged once, the pool scored by every PM given (cached per PM) and by the oracle, then
-each metric at every n of the grid for every PM, with bootstrap intervals over items.
+each metric at every n of the grid for every PM, with bootstrap intervals over items, and the
+paired difference between PMs (`bon.compare`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from syco.bon.estimate import ORACLE, STATISTICS, bootstrap_metrics, expected_samples, n_grid, oracle_scores
+from syco.bon.estimate import (
+    ORACLE,
+    STATISTICS,
+    bootstrap_difference,
+    bootstrap_metrics,
+    expected_samples,
+    n_grid,
+    oracle_scores,
+)
 from syco.bon.pairwise import pool_preferences
 from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
 from syco.bon.scoring import pm_spec, resolve_device, score_pools
@@ -101,6 +110,9 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     if not specs and not bon.get("oracle", True):
         raise ValueError("bon.pms is empty and bon.oracle is false: nothing selects the samples")
     device = resolve_device(bon.get("device", "auto"))  # a bad value fails before any sampling
+    compare = bon.get("compare", "auto")
+    compare = OmegaConf.to_container(compare, resolve=True) if OmegaConf.is_config(compare) else compare
+    comparisons = compare_pairs(compare, [s["name"] for s in specs], bool(bon.get("oracle", True)))
 
     pools = build_pools(cfg, k, run_dir)
     generation_s = time.time() - start
@@ -125,7 +137,9 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
                                                                         for s in p["samples"]])
                             for name, task_pools in pools.items() if _task(name) in ORACLE for p in task_pools}
 
+    rounds = int(bon.get("bootstrap_rounds", 300))
     results: dict[str, Any] = {}
+    expected: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for pm_name, pm_scores in scores.items():
         results[pm_name] = {}
         for n in grid:
@@ -135,10 +149,19 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
                     continue  # one written reply per item: no best-of-n
                 if not all(p["record"].key in pm_scores for p in task_pools):
                     continue  # e.g. the oracle on a task without a truth
-                expected = expected_samples(_task(name), task_pools, pm_scores, judge_name, n)
+                expected[pm_name, n, name] = expected_samples(_task(name), task_pools, pm_scores, judge_name, n)
                 results[pm_name][str(n)][name.split("/")[0]] = bootstrap_metrics(
-                    _task(name), expected, judge_name, rounds=int(bon.get("bootstrap_rounds", 300)),
-                    seed=int(cfg.seed) + n)
+                    _task(name), expected[pm_name, n, name], judge_name, rounds=rounds, seed=int(cfg.seed) + n)
+    # paired intervals (the same items in both terms: tighter than comparing two intervals):
+    # PM a minus PM b on the same pools, and each selector's change from n = 1 (does it rise?)
+    def paired(a: tuple[str, int], b: tuple[str, int], n: int) -> dict[str, Any]:
+        return {name.split("/")[0]: bootstrap_difference(
+            _task(name), expected[(*a, name)], expected[(*b, name)], judge_name, rounds=rounds,
+            seed=int(cfg.seed) + n) for name in pools if (*a, name) in expected and (*b, name) in expected}
+
+    differences = {f"{a}-{b}": {str(n): paired((a, n), (b, n), n) for n in grid} for a, b in comparisons}
+    rises = {pm_name: {str(n): paired((pm_name, n), (pm_name, grid[0]), n) for n in grid[1:]}
+             for pm_name in scores}
     preferences = {}
     if f"{PROBE}/sycophantic" in pools:
         written = {kind: [p["samples"][0] for p in pools[f"{PROBE}/{kind}"]] for kind in INSTRUCTIONS}
@@ -161,6 +184,8 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
         "pms": {s["name"]: {"path": s["path"], "prefix": s["prefix"]} for s in specs}
         | ({"oracle": "truthful verdict"} if "oracle" in scores else {}),
         "results": results,
+        "differences": differences,
+        "rises": rises,
         "probe_preferences": preferences,
         "pool_preferences": pairwise,
         "pools": {t: len(p) for t, p in pools.items()},
@@ -177,6 +202,25 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     track(cfg, summary, plots, tables)
     _log_summary(summary)
     return summary
+
+
+def compare_pairs(spec: Any, pm_names: Sequence[str], oracle: bool) -> list[tuple[str, str]]:
+    """`bon.compare`: auto (every pair of bon.pms, in the order given), none, or a list of [a, b]
+    names (PMs of bon.pms, or oracle); each gives metric(a) - metric(b) at every n."""
+    if spec in (None, "none", False):
+        return []
+    if spec == "auto":
+        return [(a, b) for i, a in enumerate(pm_names) for b in pm_names[i + 1 :]]
+    known = [*pm_names, *(["oracle"] if oracle else [])]
+    pairs = []
+    for pair in spec:
+        if isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"bon.compare: expected pairs [a, b] of PM names, got {pair!r}")
+        unknown = [x for x in pair if x not in known]
+        if unknown:
+            raise ValueError(f"bon.compare {list(pair)}: {unknown} not among the selectors {known}")
+        pairs.append((str(pair[0]), str(pair[1])))
+    return pairs
 
 
 def _tables(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapping[str, np.ndarray]],
@@ -197,12 +241,26 @@ def _tables(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapp
     return rows
 
 
+HEADLINE = ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes")
+
+
 def _log_summary(summary: Mapping[str, Any]) -> None:
+    for pair, by_n in [*summary.get("differences", {}).items(),
+                       *((f"{pm}: n - {min(map(int, summary['n_grid']))}", by_n)
+                         for pm, by_n in summary.get("rises", {}).items())]:
+        for n, by_task in by_n.items():
+            for task, by_dataset in by_task.items():
+                for dataset, metrics in by_dataset.items():
+                    for name in HEADLINE:
+                        m = metrics.get(name)
+                        if m and m.get("ci"):
+                            log.info("%-18s n=%-4s %-14s %-16s %-26s %+.3f [%+.3f, %+.3f] (paired)", pair, n,
+                                     task, dataset, name, m["value"], *m["ci"])
     for pm_name, by_n in summary["results"].items():
         for n, by_task in by_n.items():
             for task, by_dataset in by_task.items():
                 for dataset, metrics in by_dataset.items():
-                    for name in ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes"):
+                    for name in HEADLINE:
                         m = metrics.get(name)
                         if m and m.get("value") is not None:
                             ci = m.get("ci") or [float("nan")] * 2
