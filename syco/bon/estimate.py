@@ -11,7 +11,7 @@ a bootstrap over items (all templates of a source item resampled together).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,20 @@ def _ci(draws: Sequence[float], level: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def _bootstrap(task: str, sets: Sequence[Mapping[tuple[str, str], list[dict[str, Any]]]], items: Sequence[tuple[str, str]],
+               judge: str, rounds: int, seed: int) -> Iterator[list[dict[str, dict[str, dict[str, Any]]]]]:
+    """Per round, task_metrics of every sample set on one draw of items with replacement (the same
+    draw for every set: paired)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
+        yield [task_metrics(task, _resample(by_item, picks), judge) for by_item in sets]
+
+
+def _value(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]], dataset: str, name: str) -> float | None:
+    return metrics.get(dataset, {}).get(name, {}).get("value")
+
+
 def bootstrap_metrics(task: str, samples: Sequence[dict[str, Any]], judge: str, *, rounds: int = 300,
                       level: float = 0.95, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
     """task_metrics with a percentile interval per metric from resampling items with replacement."""
@@ -121,17 +135,14 @@ def bootstrap_metrics(task: str, samples: Sequence[dict[str, Any]], judge: str, 
     if rounds <= 0:
         return point
     by_item = _by_item(samples)
-    items = sorted(by_item)
-    rng = np.random.default_rng(seed)
     draws: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for _ in range(rounds):
-        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
-        for dataset, metrics in task_metrics(task, _resample(by_item, picks), judge).items():
-            for name, m in metrics.items():
+    for (metrics,) in _bootstrap(task, [by_item], sorted(by_item), judge, rounds, seed):
+        for dataset, by_name in metrics.items():
+            for name, m in by_name.items():
                 if m.get("value") is not None:
                     draws[(dataset, name)].append(m["value"])
-    for dataset, metrics in point.items():
-        for name, m in metrics.items():
+    for dataset, by_name in point.items():
+        for name, m in by_name.items():
             got = draws.get((dataset, name))
             if m.get("value") is not None and got:
                 m["ci"] = _ci(got, level)
@@ -145,32 +156,25 @@ def bootstrap_difference(task: str, samples_a: Sequence[dict[str, Any]], samples
     paired percentile interval: each bootstrap round resamples the items once and reads both.
     Pairing removes the between-item variance that two separate intervals both carry."""
     point_a, point_b = task_metrics(task, samples_a, judge), task_metrics(task, samples_b, judge)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dataset, by_name in point_a.items():
+        for name, m in by_name.items():
+            other = _value(point_b, dataset, name)
+            if m.get("value") is not None and other is not None:
+                out.setdefault(dataset, {})[name] = {"value": m["value"] - other, "count": m.get("count")}
     by_a, by_b = _by_item(samples_a), _by_item(samples_b)
     items = sorted(set(by_a) & set(by_b))
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for dataset, metrics in point_a.items():
-        for name, m in metrics.items():
-            other = point_b.get(dataset, {}).get(name, {})
-            if m.get("value") is None or other.get("value") is None:
-                continue
-            out.setdefault(dataset, {})[name] = {"value": m["value"] - other["value"], "count": m.get("count")}
     if rounds <= 0 or not items:
         return out
-    rng = np.random.default_rng(seed)
     draws: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for _ in range(rounds):
-        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
-        ma = task_metrics(task, _resample(by_a, picks), judge)
-        mb = task_metrics(task, _resample(by_b, picks), judge)
-        for dataset, metrics in out.items():
-            for name in metrics:
-                va = ma.get(dataset, {}).get(name, {}).get("value")
-                vb = mb.get(dataset, {}).get(name, {}).get("value")
+    for ma, mb in _bootstrap(task, [by_a, by_b], items, judge, rounds, seed):
+        for dataset, by_name in out.items():
+            for name in by_name:
+                va, vb = _value(ma, dataset, name), _value(mb, dataset, name)
                 if va is not None and vb is not None:
                     draws[(dataset, name)].append(va - vb)
-    for dataset, metrics in out.items():
-        for name, m in metrics.items():
-            got = draws.get((dataset, name))
-            if got:
-                m["ci"] = _ci(got, level)
+    for dataset, by_name in out.items():
+        for name, m in by_name.items():
+            if draws.get((dataset, name)):
+                m["ci"] = _ci(draws[(dataset, name)], level)
     return out
