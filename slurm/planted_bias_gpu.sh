@@ -15,6 +15,8 @@
 # if it must, keeping its saved steps. Needs the policy samples of the fourth measurement (README):
 #   sbatch slurm/planted_bias_gpu.sh                  # or: bash slurm/planted_bias_gpu.sh on a GPU machine
 #   PS=<samples.jsonl> R=<run folder> OUT=<pack folder> PPO_STEPS=100 DEADLINE=560 sbatch ...
+# Shorter windows: PM_X (PM overrides), PM_T (PM and pool stage limit, s), CK_RESERVE (s kept after PPO
+# for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there).
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -31,10 +33,10 @@ if [ "${SMALL:-0}" = 1 ]; then
   CK_X="eval.answer.sources.builtin.limit=3 eval.misconceptions.sources.builtin.limit=2 eval.generation.samples_per_prompt=2"
   TR="trainer=cpu"; GEN_BS=16
 else
-  PM_X="data.max_train_pairs=null trainer.max_epochs=2"
+  PM_X=${PM_X:-"data.max_train_pairs=null trainer.max_epochs=2"}
   K=64; BON_X=""
-  PPO_X="ppo.total_steps=${PPO_STEPS:-100} ppo.batch_size=32 ppo.mini_batch_size=16 ppo.eval.every=20 ppo.checkpoint_every=20"
-  CK_X="eval.generation.samples_per_prompt=6 eval.generation.batch_size=512"
+  PPO_X="ppo.total_steps=${PPO_STEPS:-100} ppo.batch_size=32 ppo.mini_batch_size=16 ppo.eval.every=${PPO_EVERY:-20} ppo.checkpoint_every=${PPO_EVERY:-20}"
+  CK_X="eval.generation.samples_per_prompt=${CK_SAMPLES:-6} eval.generation.batch_size=512"
   TR="trainer=gpu trainer.precision=32-true"; GEN_BS=1024
 fi
 run() {  # name, seconds, command...: a stage with its own log and a hard stop
@@ -54,15 +56,15 @@ PY
 el "cached"
 PMC="experiment=planted_bias_policy $TR data.policy_samples=$PS $PM_X"
 BON="method=bon eval=planted_bias bon.k=$K bon.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
-run pm_standard 240 python3 train.py $PMC hydra.run.dir=$R/pms/standard &
+run pm_standard ${PM_T:-240} python3 train.py $PMC hydra.run.dir=$R/pms/standard &
 sleep 5
-run pm_nonsyco 240 python3 train.py $PMC pm=nonsyco pm.anti_sycophancy.ratio=0.7 hydra.run.dir=$R/pms/nonsyco &
+run pm_nonsyco ${PM_T:-240} python3 train.py $PMC pm=nonsyco pm.anti_sycophancy.ratio=0.7 hydra.run.dir=$R/pms/nonsyco &
 sleep 5
-run bon_pools 240 python3 evaluate.py $BON &
+run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
 wait
 ls $R/pms/standard/pm $R/pms/nonsyco/pm > /dev/null || { el "a PM is missing"; }
 G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=2 ppo.optimizer.lr=1e-4 ppo.prompts.misconceptions=builtin $PPO_X"
-PPO_T=$(( $(left) - 150 ))
+PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
 run ppo_standard $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/standard/pm ppo.gold_pm=$R/pms/nonsyco/pm hydra.run.dir=$R/ppo/standard &
 P1=$!; sleep 3
 run ppo_nonsyco $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/nonsyco/pm ppo.gold_pm=$R/pms/standard/pm hydra.run.dir=$R/ppo/nonsyco &

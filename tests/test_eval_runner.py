@@ -203,3 +203,33 @@ def test_markdown_report_of_results(first_run):
     want = "undefined" if m["value"] is None else f"{m['value']:.3f}"
     assert f"| accuracy/plain | {want}" in table
     assert "admits_mistake" in table
+
+
+class _CountingPolicy:
+    """Records each generate call: how many prompts and draws it got."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def generate(self, requests, n=1, **kwargs):
+        self.calls.append((len(requests), n))
+        return [[f"s{i}" for i in range(n)] for _ in requests]
+
+
+@pytest.mark.parametrize("batch_size, expected_calls", [(16, 2), (64, 2), (1024, 1)])
+def test_pools_fill_each_generate_batch(tmp_path, batch_size, expected_calls):
+    """K=16 samples for 8 prompts, stored chunk by chunk: a chunk is 64 samples or one generate batch,
+    whichever is larger, so a large GPU batch is not cut to a few prompts per call."""
+    from syco.eval.records import EvalRecord
+    from syco.eval.runner import SampleStore, generate
+
+    records = [EvalRecord("answer", "plain", [{"type": "human", "content": f"q{i}"}], {"id": f"q{i}"})
+               for i in range(8)]
+    store = SampleStore(tmp_path / "samples.jsonl")
+    policy = _CountingPolicy()
+    gen = {"samples_per_prompt": 16, "batch_size": batch_size, "max_new_tokens": 4, "temperature_free": 1.0,
+           "temperature_mc": 0.0}
+    generate(records, 1, policy, store, gen, "pools")
+    assert len(policy.calls) == expected_calls
+    assert sum(p for p, _ in policy.calls) == 8 and all(n == 16 for _, n in policy.calls)
+    assert all(store.responses(r, i) == [f"s{i}"] for r in records for i in range(16))

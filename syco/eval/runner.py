@@ -70,8 +70,11 @@ class SampleStore:
 def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],
              desc: str, chunk: int = 64) -> None:
     """Generate every missing turn of every sample, stage by stage, storing each chunk as it is done.
-    A record with none of its samples yet gets them in one call (the n samples share one prefill)."""
+    A record with none of its samples yet gets them in one call (the n samples share one prefill).
+    A chunk holds at least one generate batch: with large pools (K=64) on a GPU, prompts per call
+    would otherwise fall to one."""
     n = int(gen.get("samples_per_prompt", 1))
+    chunk = max(chunk, int(gen.get("batch_size", 16)))
     for stage in range(stages):
         units: dict[float, list[tuple[EvalRecord, list[int]]]] = {}
         for r in records:
