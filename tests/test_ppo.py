@@ -325,6 +325,27 @@ def test_train_cli_task_ppo_two_steps(tmp_path, pm_path):
         assert name in header
 
 
+def test_eval_metrics_are_logged_only_at_evaluated_steps(tmp_path, pm_path):
+    """Evaluation every 2 steps of 4: the CSV holds eval values at PPO steps 0, 2 and 4
+    and nowhere else, not repeated stale in the rows between."""
+    import csv
+
+    run = tmp_path / "cli"
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"pm.path={pm_path}",
+           "ppo.total_steps=4", *SMALL, "ppo.eval.every=2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (path,) = (run / "csv").glob("version_*/metrics.csv")
+    rows = list(csv.DictReader(path.open()))
+    evaluated = sorted(float(r["ppo_step"]) for r in rows if r["eval/kl"])
+    trained = sorted(float(r["ppo_step"]) for r in rows if r["objective/kl"])
+    assert evaluated == [0.0, 2.0, 4.0] and trained == [1.0, 2.0, 3.0, 4.0]
+    saved = json.loads((run / "ppo_eval.json").read_text())
+    by_step = {float(r["ppo_step"]): float(r["eval/kl"]) for r in rows if r["eval/kl"]}
+    assert by_step == {float(e["step"]): pytest.approx(e["eval/kl"]) for e in saved}
+
+
 def test_task_rlhf_trains_the_pm_once_then_reuses_it(tmp_path):
     over = ["task=rlhf", "model=tiny", "pm=standard", "data.max_train_pairs=8", "data.max_val_pairs=8",
             f"rlhf.pm_cache={tmp_path / 'cache'}", "ppo.total_steps=1", "ppo.eval.at_start=false", *SMALL]

@@ -151,15 +151,15 @@ class PPOModule(L.LightningModule):
         }
         self.ppo_step = step
         self.steps_this_fit += 1
+        evaluated = {}
         if step % cfg.eval.every == 0 or step == cfg.total_steps:
-            # the same on every rank (fixed prompts and seed): logged in this step's row
-            metrics.update({k: torch.tensor(v) for k, v in self.evaluate_and_save(step).items()})
+            evaluated = self.evaluate_and_save(step)  # logs its own row (see there)
         for name, value in metrics.items():
             reduce = "sum" if name == "val/num_eos_tokens" else "mean"
             self.log(name, value.float().to(self.device), on_step=True, on_epoch=False, sync_dist=True,
                      batch_size=cfg.batch_size, reduce_fx=reduce,
                      prog_bar=name in ("objective/scores", "objective/kl"))
-        self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        self.last_metrics = {**{k: float(v) for k, v in metrics.items()}, **evaluated}
 
     def ppo_update(self, rollout: Rollout, step: int) -> dict[str, torch.Tensor]:
         """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimizer step each."""
@@ -269,9 +269,13 @@ class PPOModule(L.LightningModule):
         self.eval_history = [r for r in self.eval_history if r["step"] != step] + [row]
         if self.global_rank == 0:
             write_json_atomic(self.run_dir / "ppo_eval.json", self.eval_history)
-            if step == 0:  # before the first training step: no Lightning logging row to join
-                for lg in self.loggers:
-                    lg.log_metrics({**metrics, "ppo_step": 0}, step=0)
+            # straight to the loggers, at the step Lightning gives this PPO step's row (W&B merges the
+            # two): through self.log, Lightning would repeat these values in every later row until the
+            # next evaluation. The same on every rank (fixed prompts and seed): no all-reduce.
+            trainer = self._trainer
+            logger_step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer is not None and step > 0 else 0
+            for lg in self.loggers:
+                lg.log_metrics({**metrics, "ppo_step": float(step)}, step=logger_step)
         log.info("step %d: %s", step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics
 
