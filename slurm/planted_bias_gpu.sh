@@ -6,17 +6,18 @@
 #SBATCH --time=00:15:00
 #SBATCH --output=%x-%j.out
 # The planted-bias measurement at GPU scale, in one job on one GPU (side by side on it):
-#   1. the standard and the nonsyco PM on every belief pair (templated + policy-written), 2 epochs;
+#   1. the standard and the nonsyco PM on every belief pair (templated + policy-written), 1 epoch;
 #      best-of-n pools of K=64 on the held-out facts and misconceptions, generated meanwhile;
 #   2. both PMs score the pools (results.json at every n), and PPO runs against each PM (the other
 #      one as gold), temperature 0.7, training prompts = facts and misconceptions (training side);
 #   3. every saved PPO step evaluated on the held-out items (evaluate.py method=checkpoints).
 # A deadline (DEADLINE seconds from the start) keeps it inside the job's time limit: PPO stops early
-# if it must, keeping its saved steps. Needs the policy samples of the fourth measurement (README):
+# if it must, keeping its saved steps. Uses the policy samples of the fourth measurement (README) at
+# PS, or samples them first (T=0.7, 200 facts and every training-side misconception; PS_T s at most):
 #   sbatch slurm/planted_bias_gpu.sh                  # or: bash slurm/planted_bias_gpu.sh on a GPU machine
 #   PS=<samples.jsonl> R=<run folder> OUT=<pack folder> PPO_STEPS=100 DEADLINE=560 sbatch ...
 # Shorter windows: PM_X (PM overrides), PM_T (PM and pool stage limit, s), CK_RESERVE (s kept after PPO
-# for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there).
+# for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there); PPO_LR, PPO_EPOCHS.
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -24,7 +25,7 @@ el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 R=${R:-outputs/planted_bias_gpu}; mkdir -p $R
 DEADLINE=${DEADLINE:-560}
 PS=${PS:-outputs/policy_samples_t07/samples.jsonl}
-[ -f $PS ] || gunzip -k $PS.gz || { echo "policy samples $PS (or $PS.gz) not found: see README, fourth measurement"; exit 1; }
+[ -f $PS ] || [ ! -f $PS.gz ] || gunzip -k $PS.gz
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 if [ "${SMALL:-0}" = 1 ]; then
   PM_X="data.max_train_pairs=24 data.max_val_pairs=16 trainer.max_epochs=1 data.probe.templates=1"
@@ -32,12 +33,15 @@ if [ "${SMALL:-0}" = 1 ]; then
   PPO_X="ppo.total_steps=2 ppo.batch_size=4 ppo.mini_batch_size=2 ppo.eval.every=1 ppo.eval_prompts.limit=4"
   CK_X="eval.answer.sources.builtin.limit=3 eval.misconceptions.sources.builtin.limit=2 eval.generation.samples_per_prompt=2"
   TR="trainer=cpu"; GEN_BS=16
+  PS_X="eval.answer.sources.builtin.limit=6 eval.misconceptions.sources.builtin.limit=4 eval.generation.samples_per_prompt=4"
 else
-  PM_X=${PM_X:-"data.max_train_pairs=null trainer.max_epochs=2"}
+  # batch 32: at batch 8 the nonsyco PM (6829 pairs) took over 4 min on an H200 (small steps are CPU-bound)
+  PM_X=${PM_X:-"data.max_train_pairs=null trainer.max_epochs=1 data.batch_size=32 optimizer.lr=4e-4"}
   K=64; BON_X=""
   PPO_X="ppo.total_steps=${PPO_STEPS:-100} ppo.batch_size=32 ppo.mini_batch_size=16 ppo.eval.every=${PPO_EVERY:-20} ppo.checkpoint_every=${PPO_EVERY:-20}"
   CK_X="eval.generation.samples_per_prompt=${CK_SAMPLES:-6} eval.generation.batch_size=512"
   TR="trainer=gpu trainer.precision=32-true"; GEN_BS=1024
+  PS_X="eval.answer.sources.builtin.limit=200"
 fi
 run() {  # name, seconds, command...: a stage with its own log and a hard stop
   local name=$1 secs=$(( $2 * ${SCALE:-1} )); shift 2
@@ -49,11 +53,17 @@ run() {  # name, seconds, command...: a stage with its own log and a hard stop
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 el "model cache"
 python3 - <<'PY' || exit 1
-from pathlib import Path; import os, yaml
-from syco.models.backbone import _gguf_cache_dir
-print(_gguf_cache_dir(yaml.safe_load(open("conf/model/smollm2.yaml")), Path(os.environ["SYCO_CACHE"])))
+import yaml
+from syco.models.backbone import _gguf_cache_dir, default_cache_dir  # $SYCO_CACHE, else ~/.cache/syco
+print(_gguf_cache_dir(yaml.safe_load(open("conf/model/smollm2.yaml")), default_cache_dir()))
 PY
 el "cached"
+if [ ! -f $PS ]; then  # the fourth measurement's policy samples (README), made here when not given
+  el "no policy samples at $PS: sampling them into $R/policy_samples"
+  PS=$R/policy_samples/samples.jsonl
+  [ -f $PS ] || run policy_samples ${PS_T:-240} python3 evaluate.py eval=policy_samples eval.generation.temperature_free=0.7 \
+    eval.generation.batch_size=$GEN_BS $PS_X hydra.run.dir=$R/policy_samples || { el "policy samples failed"; exit 1; }
+fi
 PMC="experiment=planted_bias_policy $TR data.policy_samples=$PS $PM_X"
 BON="method=bon eval=planted_bias bon.k=$K bon.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
 run pm_standard ${PM_T:-240} python3 train.py $PMC hydra.run.dir=$R/pms/standard &
@@ -63,7 +73,7 @@ sleep 5
 run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
 wait
 ls $R/pms/standard/pm $R/pms/nonsyco/pm > /dev/null || { el "a PM is missing"; }
-G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=2 ppo.optimizer.lr=1e-4 ppo.prompts.misconceptions=builtin $PPO_X"
+G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-2} ppo.optimizer.lr=${PPO_LR:-1e-4} ppo.prompts.misconceptions=builtin $PPO_X"
 PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
 run ppo_standard $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/standard/pm ppo.gold_pm=$R/pms/nonsyco/pm hydra.run.dir=$R/ppo/standard &
 P1=$!; sleep 3
