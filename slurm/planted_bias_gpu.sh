@@ -17,7 +17,8 @@
 #   sbatch slurm/planted_bias_gpu.sh                  # or: bash slurm/planted_bias_gpu.sh on a GPU machine
 #   PS=<samples.jsonl> R=<run folder> OUT=<pack folder> PPO_STEPS=100 DEADLINE=560 sbatch ...
 # Shorter windows: PM_X (PM overrides), PM_T (PM and pool stage limit, s), CK_RESERVE (s kept after PPO
-# for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there); PPO_LR, PPO_EPOCHS.
+# for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there); PPO_LR, PPO_EPOCHS (3e-4
+# and 4: at 1e-4 and 2 PPO moved the policy by KL < 1 in 53 steps, README "PPO on a GPU").
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -73,7 +74,7 @@ sleep 5
 run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
 wait
 ls $R/pms/standard/pm $R/pms/nonsyco/pm > /dev/null || { el "a PM is missing"; }
-G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-2} ppo.optimizer.lr=${PPO_LR:-1e-4} ppo.prompts.misconceptions=builtin $PPO_X"
+G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=builtin $PPO_X"
 PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
 run ppo_standard $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/standard/pm ppo.gold_pm=$R/pms/nonsyco/pm hydra.run.dir=$R/ppo/standard &
 P1=$!; sleep 3
