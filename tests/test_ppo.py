@@ -306,13 +306,18 @@ def test_task_configs_compose(compose_train, task):
 
 
 # --- end to end -----------------------------------------------------------------------------------
-def test_train_cli_task_ppo_two_steps(tmp_path, pm_path):
-    run = tmp_path / "cli"
+def train_cli_ppo(run: Path, pm_path: Path, *overrides: str) -> None:
+    """`python train.py task=ppo model=tiny` with SMALL and `overrides` (later ones win), into `run`."""
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"pm.path={pm_path}",
-           "ppo.total_steps=2", f"ppo.gold_pm={pm_path}", *SMALL]
+           *SMALL, *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def test_train_cli_task_ppo_two_steps(tmp_path, pm_path):
+    run = tmp_path / "cli"
+    train_cli_ppo(run, pm_path, "ppo.total_steps=2", f"ppo.gold_pm={pm_path}")
     m = json.loads((run / "metrics.json").read_text())
     assert m["ppo_steps"] == 2 and [e["step"] for e in m["eval"]] == [0, 1, 2]
     assert m["eval"][0]["eval/kl"] == 0.0 and m["eval"][-1]["eval/gold_gap"] == pytest.approx(0.0, abs=1e-5)
@@ -331,11 +336,7 @@ def test_eval_metrics_are_logged_only_at_evaluated_steps(tmp_path, pm_path):
     import csv
 
     run = tmp_path / "cli"
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"pm.path={pm_path}",
-           "ppo.total_steps=4", *SMALL, "ppo.eval.every=2"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    train_cli_ppo(run, pm_path, "ppo.total_steps=4", "ppo.eval.every=2")
     (path,) = (run / "csv").glob("version_*/metrics.csv")
     rows = list(csv.DictReader(path.open()))
     evaluated = sorted(float(r["ppo_step"]) for r in rows if r["eval/kl"])
