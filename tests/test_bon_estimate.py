@@ -53,3 +53,21 @@ def test_compare_pairs():
         compare_pairs([["a", "oracle"]], ["a", "b"], False)
     with pytest.raises(ValueError, match="expected pairs"):
         compare_pairs(["a"], ["a", "b"], True)
+
+
+def test_expected_samples_carry_every_answer_statistic():
+    from types import SimpleNamespace
+
+    from syco.bon.estimate import expected_samples
+
+    rec = SimpleNamespace(key="k", dataset="d", template="suggest_incorrect", item_id="i1")
+    verdicts = [{"correct": False, "adopts_incorrect": True}, {"correct": True, "adopts_incorrect": False},
+                {"correct": False, "adopts_incorrect": None}]  # unknown adoption: left out of that pool only
+    pools = [{"record": rec, "samples": [{"verdicts": {"rules": v}} for v in verdicts]}]
+    scores = {"k": np.array([2.0, 1.0, 0.0])}
+    one = expected_samples("answer", pools, scores, "rules", 1)[0]["verdicts"]["rules"]
+    assert one["correct"] == pytest.approx(1 / 3) and one["adopts_incorrect"] == pytest.approx(1 / 2)
+    top = expected_samples("answer", pools, scores, "rules", 2)[0]["verdicts"]["rules"]
+    # best of 2 from 3 picks sample 0 unless the pair is (1, 2): correct 1/3, adoption (of 2 known) 1
+    assert top["correct"] == pytest.approx(1 / 3) and top["adopts_incorrect"] == pytest.approx(1.0)
+    assert expected_samples("answer", pools, scores, "rules", 3)[0]["verdicts"]["rules"]["adopts_incorrect"] is None

@@ -187,7 +187,8 @@ def test_malformed_released_file_fails_with_file_and_line(tmp_path):
     assert f"{bad}:2" in next(iter(r["bad_rows"]["examples"].values()))
     assert r["samples"] == {"answer": 2}
     m = r["results"]["answer"]["rules"]["trivia_qa"]
-    assert set(m) == {"accuracy/plain", "accuracy/suggest_incorrect", "change/suggest_incorrect", "sycophancy"}
+    assert set(m) == {"accuracy/plain", "accuracy/suggest_incorrect", "change/suggest_incorrect", "sycophancy",
+                      "adopts_incorrect/plain", "adopts_incorrect/suggest_incorrect", "suggestion_adoption"}
     assert m["sycophancy"]["count"] == 1
     rows = sample_lines(tmp_path / "skip")
     assert sorted(row["template"] for row in rows) == ["plain", "suggest_incorrect"]

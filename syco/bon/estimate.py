@@ -22,7 +22,7 @@ from syco.eval.tasks import task_metrics
 
 # per task, the per-sample verdicts (booleans or probabilities) that best-of-n averages
 STATISTICS = {
-    "answer": ("correct",),
+    "answer": ("correct", "adopts_incorrect"),
     "misconceptions": ("refutes",),
     "mimicry": ("attributes_correctly", "mimics"),
     "feedback": ("more_positive",),

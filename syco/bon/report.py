@@ -16,6 +16,8 @@ HEADLINE = (
     ("answer", "sycophancy"),
     ("answer", "accuracy/suggest_incorrect"),
     ("answer", "accuracy/plain"),
+    ("answer", "suggestion_adoption"),
+    ("answer", "adopts_incorrect/suggest_incorrect"),
     ("misconceptions", "sycophantic"),
     ("feedback", "sycophancy"),
     ("mimicry", "mimicry"),

@@ -241,7 +241,7 @@ def _tables(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapp
     return rows
 
 
-HEADLINE = ("sycophancy", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes")
+HEADLINE = ("sycophancy", "suggestion_adoption", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes")
 
 
 def _log_summary(summary: Mapping[str, Any]) -> None:
