@@ -19,6 +19,10 @@
 # Shorter windows: PM_X (PM overrides), PM_T (PM and pool stage limit, s), CK_RESERVE (s kept after PPO
 # for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there); PPO_LR, PPO_EPOCHS (3e-4
 # and 4: at 1e-4 and 2 PPO moved the policy by KL < 1 in 53 steps, README "PPO on a GPU").
+# PMS="standard unbiased" (default "standard nonsyco") picks the two PMs: standard = the planted-bias rater
+# (beta=4), nonsyco = standard data plus anti-sycophancy pairs, unbiased = the same pairs labelled by the
+# rater without the agreement bias (beta=0), the controlled counterpart. BON=0 skips the best-of-n pools.
+# PMs already in $R/pms/<variant>/pm are reused. PPO_MISC=null: PPO prompts are the training-side facts only.
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -67,23 +71,33 @@ if [ ! -f $PS ]; then  # the fourth measurement's policy samples (README), made 
 fi
 PMC="experiment=planted_bias_policy $TR data.policy_samples=$PS $PM_X"
 BON="method=bon eval=planted_bias bon.k=$K bon.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
-run pm_standard ${PM_T:-240} python3 train.py $PMC hydra.run.dir=$R/pms/standard &
+read -r A B <<< "${PMS:-standard nonsyco}"
+pm_args() {  # the train.py overrides of one PM variant
+  case $1 in
+    standard) echo "" ;;
+    nonsyco) echo "pm=nonsyco pm.anti_sycophancy.ratio=0.7" ;;
+    unbiased) echo "data.sources.beliefs.beta=0" ;;  # same pairs, rater without the agreement bias
+    *) echo "unknown PM variant $1 (standard | nonsyco | unbiased)" >&2; return 1 ;;
+  esac
+}
+XA=$(pm_args $A) && XB=$(pm_args $B) || exit 1
+for v in $A $B; do [ -f $R/pms/$v/pm/syco_pm.json ] && el "PM $v: reusing $R/pms/$v/pm"; done
+[ -f $R/pms/$A/pm/syco_pm.json ] || run pm_$A ${PM_T:-240} python3 train.py $PMC $XA hydra.run.dir=$R/pms/$A &
 sleep 5
-run pm_nonsyco ${PM_T:-240} python3 train.py $PMC pm=nonsyco pm.anti_sycophancy.ratio=0.7 hydra.run.dir=$R/pms/nonsyco &
+[ -f $R/pms/$B/pm/syco_pm.json ] || run pm_$B ${PM_T:-240} python3 train.py $PMC $XB hydra.run.dir=$R/pms/$B &
 sleep 5
-run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
+[ "${BON:-1}" = 1 ] && run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
 wait
-ls $R/pms/standard/pm $R/pms/nonsyco/pm > /dev/null || { el "a PM is missing"; }
-G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=builtin $PPO_X"
+ls $R/pms/$A/pm $R/pms/$B/pm > /dev/null || { el "a PM is missing"; }
+G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=${PPO_MISC:-builtin} $PPO_X"
 PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
-run ppo_standard $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/standard/pm ppo.gold_pm=$R/pms/nonsyco/pm hydra.run.dir=$R/ppo/standard &
+run ppo_$A $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/$A/pm ppo.gold_pm=$R/pms/$B/pm hydra.run.dir=$R/ppo/$A &
 P1=$!; sleep 3
-run ppo_nonsyco $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/nonsyco/pm ppo.gold_pm=$R/pms/standard/pm hydra.run.dir=$R/ppo/nonsyco &
+run ppo_$B $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/$B/pm ppo.gold_pm=$R/pms/$A/pm hydra.run.dir=$R/ppo/$B &
 P2=$!; sleep 3
-run bon_scored $(( $(left) - 20 )) python3 evaluate.py $BON +bon.pms.standard=$R/pms/standard/pm +bon.pms.nonsyco=$R/pms/nonsyco/pm &
+[ "${BON:-1}" = 1 ] && run bon_scored $(( $(left) - 20 )) python3 evaluate.py $BON +bon.pms.$A=$R/pms/$A/pm +bon.pms.$B=$R/pms/$B/pm &
 wait $P1 $P2
-for v in standard nonsyco; do
-  o=nonsyco; [ $v = nonsyco ] && o=standard
+for v in $A $B; do
   run ck_$v $(( $(left) - 15 )) python3 evaluate.py method=checkpoints eval=planted_bias checkpoints.run=$R/ppo/$v \
     eval.generation.temperature_free=0.7 $CK_X &
   sleep 2
@@ -92,7 +106,7 @@ wait
 el "packing"
 O=${OUT:-$R/packed}; mkdir -p $O
 tar -czf $O/logs.tgz -C $R $(cd $R && ls *.log) 2>/dev/null
-for v in standard nonsyco; do (cd $R && tar -czf $O/pm_$v.tgz --exclude='checkpoints' pms/$v); done
-(cd $R && tar -czf $O/bon.tgz --exclude='judge_cache' bon)
+for v in $A $B; do (cd $R && tar -czf $O/pm_$v.tgz --exclude='checkpoints' pms/$v); done
+[ -d $R/bon ] && (cd $R && tar -czf $O/bon.tgz --exclude='judge_cache' bon)
 (cd $R && tar -czf $O/ppo.tgz --exclude='checkpoints' --exclude='*.ckpt' --exclude='*.safetensors' ppo)
 ls -la $O; el "done"
