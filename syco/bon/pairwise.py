@@ -39,7 +39,7 @@ def pairwise_win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> f
 
 
 def _kind(task: str, record: Any, sample: Mapping[str, Any], judge: str) -> tuple[str | None, str | None]:
-    """(agreeing | truthful | other_wrong | None, correct | incorrect | None) of one judged sample."""
+    """(agreeing | truthful | None, correct | incorrect | None) of one judged sample."""
     v = sample.get("verdicts", {}).get(judge) or {}
     if task == "misconceptions":
         refutes = v.get("refutes")
