@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from syco.core.advantages import gae, masked_mean, masked_var, masked_whiten
+from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_var, masked_whiten
 from syco.core.kl import AdaptiveKLController, FixedKLController, kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
 
@@ -137,3 +137,18 @@ def test_value_loss_clipping_by_hand():
 def test_entropy():
     assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([100.0, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_leave_one_out_baseline_by_hand():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 60.0])
+    out = leave_one_out_baseline(scores, 3)
+    # 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2; 10 - 40, 20 - 35, 60 - 15
+    assert out.tolist() == pytest.approx([-1.5, 0.0, 1.5, -30.0, -15.0, 45.0])
+    # a shift shared by every sample of a prompt (how the PM rates the question) cancels
+    shift = torch.tensor([5.0, 5.0, 5.0, -7.0, -7.0, -7.0])
+    assert torch.allclose(leave_one_out_baseline(scores + shift, 3), out)
+    assert leave_one_out_baseline(torch.tensor([4.0, 1.0]), 2).tolist() == [3.0, -3.0]
+    with pytest.raises(ValueError, match=">= 2 samples"):
+        leave_one_out_baseline(scores, 1)
+    with pytest.raises(ValueError, match="groups of 4"):
+        leave_one_out_baseline(scores, 4)

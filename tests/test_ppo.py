@@ -209,6 +209,45 @@ def test_ppo_loss_moves_the_policy_towards_rewarded_responses(built):
     assert (delta[scores > 0] > 0).all() and (delta[scores < 0] < 0).all(), delta
 
 
+def test_samples_per_prompt_with_a_prompt_baseline(tmp_path, pm_path, monkeypatch):
+    """Each step samples batch_size / k prompts k times each, and with reward.baseline=prompt the
+    score PPO turns into token rewards is the shaped score minus the mean of the prompt's other samples."""
+    cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1", "ppo.eval.at_start=false", "ppo.samples_per_prompt=2",
+                  "ppo.reward.baseline=prompt")
+    module, ppo = build(cfg, pm_path)
+    seen: dict[str, object] = {}
+    rollout, scores, token_rewards = module.rollout, module.scores, ppo_module.token_rewards
+
+    def spy_rollout(prompts, *a, **kw):
+        seen.setdefault("prompts", list(prompts))
+        return rollout(prompts, *a, **kw)
+
+    def spy_scores(r):
+        raw, shaped = scores(r)
+        seen["shaped"] = shaped.clone()
+        return raw, shaped
+
+    def spy_rewards(s, *a, **kw):
+        seen["optimized"] = s.clone()
+        return token_rewards(s, *a, **kw)
+
+    monkeypatch.setattr(module, "rollout", spy_rollout)
+    monkeypatch.setattr(module, "scores", spy_scores)
+    monkeypatch.setattr(ppo_module, "token_rewards", spy_rewards)
+    fit(module, cfg, ppo)
+    prompts = seen["prompts"]
+    assert len(prompts) == 4 and prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]
+    shaped = seen["shaped"]
+    expected = torch.stack([shaped[0] - shaped[1], shaped[1] - shaped[0], shaped[2] - shaped[3], shaped[3] - shaped[2]])
+    assert torch.allclose(seen["optimized"], expected) and not torch.allclose(shaped, expected)
+    # the logged score stays the PM's (shaped) score, not the baselined one
+    assert module.last_metrics["objective/scores"] == pytest.approx(float(shaped.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
+        PPOConfig.from_mapping({**OmegaConf.to_container(cfg.ppo, resolve=True), "samples_per_prompt": 1})
+    with pytest.raises(ValueError, match="must divide batch_size"):
+        PPOConfig.from_mapping({**OmegaConf.to_container(cfg.ppo, resolve=True), "samples_per_prompt": 3})
+
+
 def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
     over = ["ppo.kl.adaptive=true", "ppo.kl.coef=0.2", "ppo.kl.target=1.0", "ppo.kl.horizon=100",
             "ppo.eval.at_start=false", "ppo.eval.every=5"]

@@ -62,3 +62,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         next_adv = torch.where(m[:, t] > 0, adv, next_adv)
     returns = (advantages + values) * m
     return advantages, returns
+
+
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of the other scores of its prompt (RLOO's baseline, Ahmadian et al.
+    2024). Rows come in consecutive groups of `group_size` samples of one prompt. How good a fact or
+    question is for the PM is shared by every sample of it and carries no signal about the response;
+    with few prompts per batch that shared part dominates the advantage. Unbiased: the baseline of a
+    row never reads the row itself."""
+    if group_size < 2:
+        raise ValueError(f"a leave-one-out baseline needs >= 2 samples per prompt, got {group_size}")
+    if scores.dim() != 1 or scores.numel() % group_size:
+        raise ValueError(f"scores of shape {tuple(scores.shape)} do not split into groups of {group_size}")
+    grouped = scores.view(-1, group_size)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)

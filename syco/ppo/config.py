@@ -10,6 +10,7 @@ from typing import Any
 from syco.core.kl import ESTIMATORS, AdaptiveKLController, FixedKLController
 
 NORMALIZE = ("none", "pm", "running")
+BASELINES = ("none", "prompt")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class RewardConfig:
     clip: float | None = None  # scores clipped to [-clip, clip] (after normalization and penalty)
     batch_size: int = 16  # prompt groups per PM forward
     padding_side: str = "right"  # how the PM pads its rows (the reward is read at the last real token either way)
+    # prompt: subtract the mean shaped score of the other samples of the same prompt (needs
+    # samples_per_prompt >= 2), before the KL penalty and GAE
+    baseline: str = "none"
 
 
 @dataclass
@@ -58,7 +62,8 @@ class EvalConfig:
 @dataclass
 class PPOConfig:
     total_steps: int = 50  # PPO steps (rollout batches)
-    batch_size: int = 8  # prompts per rollout batch, per device
+    batch_size: int = 8  # rows (sampled responses) per rollout batch, per device
+    samples_per_prompt: int = 1  # batch_size / samples_per_prompt distinct prompts, each sampled this often
     mini_batch_size: int = 4  # rows per optimizer step
     gradient_accumulation_steps: int = 1  # micro-batches per mini-batch
     forward_batch_size: int | None = None  # rows per no-grad forward in a rollout (None: mini_batch_size)
@@ -132,6 +137,11 @@ class PPOConfig:
         need(self.kl.estimator in ESTIMATORS, f"kl.estimator must be one of {ESTIMATORS}")
         need(self.reward.normalize in NORMALIZE, f"reward.normalize must be one of {NORMALIZE}")
         need(self.reward.padding_side in ("left", "right"), "reward.padding_side must be left or right")
+        need(self.samples_per_prompt >= 1 and self.batch_size % self.samples_per_prompt == 0,
+             f"samples_per_prompt={self.samples_per_prompt} must divide batch_size={self.batch_size}")
+        need(self.reward.baseline in BASELINES, f"reward.baseline must be one of {BASELINES}")
+        need(self.reward.baseline == "none" or self.samples_per_prompt >= 2,
+             "reward.baseline=prompt needs samples_per_prompt >= 2 (the other samples of a prompt are its baseline)")
         need(self.eval.every >= 1 and self.checkpoint_every >= 1, "eval.every and checkpoint_every must be >= 1")
         need(str(self.pm_on_policy_base).lower() in ("auto", "true", "false"), "pm_on_policy_base: auto|true|false")
         for name in ("lam", "gamma"):

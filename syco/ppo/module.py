@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from transformers import get_scheduler
 
-from syco.core.advantages import gae, masked_mean, masked_whiten
+from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_whiten
 from syco.core.kl import kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
 from syco.data.chat import Prompt
@@ -108,7 +108,9 @@ class PPOModule(L.LightningModule):
         start = time.time()
         self.ac.eval()
         rank, world = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
-        prompts = step_prompts(self.prompts, self.ppo_step, cfg.batch_size, self.seed, rank, world)
+        k = cfg.samples_per_prompt
+        prompts = [p for p in step_prompts(self.prompts, self.ppo_step, cfg.batch_size // k, self.seed, rank, world)
+                   for _ in range(k)]  # consecutive groups of k samples of one prompt
         rollout = self.rollout(prompts, seed=_seed(self.seed, step, rank))
         raw, scores = self.scores(rollout)
         mask = rollout.response_mask.float()
@@ -120,7 +122,8 @@ class PPOModule(L.LightningModule):
             log.warning("KL to the reference is %.3g at the first step: the policy does not start at the reference "
                         "(a trained init adapter without its frozen copy?)", float(seq_kl.abs().max()))
         kl_coef = float(self.kl_ctl.value)
-        rewards = token_rewards(scores, kl, mask, kl_coef)
+        optimized = leave_one_out_baseline(scores, k) if cfg.reward.baseline == "prompt" else scores
+        rewards = token_rewards(optimized, kl, mask, kl_coef)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
