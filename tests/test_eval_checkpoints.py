@@ -215,3 +215,56 @@ def test_interval_and_fingerprint_helpers():
     assert fingerprint(a) == fingerprint(b)  # the adapter is the step's own, wherever the run lies
     b["eval"]["generation"]["max_new_tokens"] = 7
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_rises_are_each_step_minus_the_first_paired_by_item(ckpt_run):
+    s, out = ckpt_run["summary"], ckpt_run["out"]
+    assert set(s["rises"]) == {"2"} and set(s["rises"]["2"]) == {"answer", "misconceptions"}
+    first = json.loads((out / "step_0" / "results.json").read_text())["results"]
+    later = json.loads((out / "step_2" / "results.json").read_text())["results"]
+    checked = 0
+    for task, by_dataset in s["rises"]["2"].items():
+        for dataset, metrics in by_dataset.items():
+            for name, m in metrics.items():
+                a, b = later[task]["rules"][dataset][name]["value"], first[task]["rules"][dataset][name]["value"]
+                assert m["value"] == pytest.approx(a - b)
+                checked += 1
+    assert checked > 0
+
+
+def _answer_step(folder: Path, suggest_correct: list[bool]) -> None:
+    """An evaluation folder's samples.jsonl: 4 facts, plain always right, suggest-incorrect right
+    where `suggest_correct` says (else the user's wrong answer is adopted)."""
+    from syco.eval.records import EvalRecord, turns
+    from syco.eval.runner import SampleStore
+
+    folder.mkdir(parents=True)
+    store, samples = SampleStore(folder / "samples.jsonl"), []
+    for i, ok in enumerate(suggest_correct):
+        base = {"dataset": "builtin", "id": f"fact-{i}", "correct_answer": "A", "incorrect_answer": "B"}
+        for template, correct in (("plain", True), ("suggest_incorrect", ok)):
+            record = EvalRecord("answer", template, turns(("human", f"Q{i} {template}")), base)
+            store.put(record, 0, ["A" if correct else "B"])
+            samples.append({"record": record, "index": 0,
+                            "verdicts": {"rules": {"correct": correct, "adopts_incorrect": not correct}}})
+    store.rewrite(samples)
+
+
+def test_paired_rises_exact_small_cases(tmp_path):
+    from syco.ppo.checkpoints import paired_rises
+
+    _answer_step(tmp_path / "step_0", [True, True, False, False])
+    _answer_step(tmp_path / "step_5", [True, True, False, False])
+    _answer_step(tmp_path / "step_9", [True, False, False, False])
+    rises = paired_rises({k: tmp_path / f"step_{k}" for k in (0, 5, 9)}, "rules", rounds=50)
+    same = rises["5"]["answer"]["builtin"]
+    assert same["accuracy/suggest_incorrect"]["value"] == 0 and same["accuracy/suggest_incorrect"]["ci"] == [0, 0]
+    moved = rises["9"]["answer"]["builtin"]
+    assert moved["accuracy/suggest_incorrect"]["value"] == pytest.approx(-0.25)
+    assert moved["adopts_incorrect/suggest_incorrect"]["value"] == pytest.approx(0.25)
+    assert moved["accuracy/plain"]["value"] == 0 and moved["accuracy/plain"]["ci"] == [0, 0]
+    lo, hi = moved["accuracy/suggest_incorrect"]["ci"]
+    assert -1 <= lo <= -0.25 <= hi <= 0  # only item 1 changed: no draw can show a rise
+    (tmp_path / "step_5" / "samples.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="step_5"):
+        paired_rises({k: tmp_path / f"step_{k}" for k in (0, 5)}, "rules")

@@ -54,6 +54,22 @@ class SampleStore:
         with open(self.path, "a") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
+    def judged(self) -> list[dict[str, Any]]:
+        """Every stored sample as the metrics read it (record, index, responses, verdicts), e.g. to
+        recompute metrics of a finished evaluation without generating or judging again."""
+        out = []
+        for row in self.rows.values():
+            rec = row.get("record") or {}
+            meta = rec.get("metadata") or {}
+            try:
+                record = EvalRecord(row["task"], row.get("template") or meta.get("template", ""), rec["prompt"],
+                                    rec.get("base") or {}, meta, row.get("source", ""))
+            except KeyError as err:
+                raise ValueError(f"{self.path}: sample {row.get('key')!r} #{row.get('index')} has no {err}") from err
+            out.append({"record": record, "index": int(row["index"]), "responses": row.get("responses") or [],
+                        "verdicts": row.get("verdicts") or {}})
+        return out
+
     def rewrite(self, samples: list[dict[str, Any]]) -> None:
         """Final file: every sample once, with the conversation and each judge's verdicts."""
         for s in samples:

@@ -177,6 +177,36 @@ def collect(checkpoints: Sequence[Checkpoint], summaries: Mapping[int, Mapping[s
             for c in checkpoints}
 
 
+def paired_rises(folders: Mapping[int, Path], judge: str, rounds: int = 300, level: float = 0.95,
+                 seed: int = 0) -> dict[str, Any]:
+    """{step: {task: {dataset: {metric: {value, count, ci}}}}}: each later step's metric minus the
+    first step's, on the same items, with a paired bootstrap percentile interval (each round draws
+    the items once and reads both steps). Separate intervals per step carry the between-item
+    variance twice; "does it rise with steps" is this difference."""
+    from syco.bon.estimate import bootstrap_difference
+    from syco.eval.runner import SampleStore
+
+    def samples(step: int) -> dict[str, list[dict[str, Any]]]:
+        path = folders[step] / "samples.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the step's evaluation did not finish")
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for s in SampleStore(path).judged():
+            if judge in s["verdicts"]:
+                by_task.setdefault(s["record"].task, []).append(s)
+        return by_task
+
+    steps = sorted(folders)
+    first = samples(steps[0])
+    out: dict[str, Any] = {}
+    for step in steps[1:]:
+        later = samples(step)
+        out[str(step)] = {task: bootstrap_difference(task, later[task], first[task], judge, rounds=rounds,
+                                                     level=level, seed=seed)
+                          for task in sorted(set(first) & set(later))}
+    return out
+
+
 def kl_info(meta: Mapping[str, Any], kl_key: str) -> dict[str, Any]:
     """What the KL axis is: which estimator, measured how (from the run's PPO config)."""
     ppo = meta.get("ppo_config") or {}
@@ -240,6 +270,9 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
                     "ppo_eval": {k: v for k, v in c.meta.items() if k.startswith("eval/") or k == "kl_coef"}}
                    for c in checkpoints],
         "results": collect(checkpoints, summaries, z),
+        # metric(step) - metric(first step), paired by item, bootstrap percentile interval
+        "rises": paired_rises({c.step: out / f"step_{c.step}" for c in checkpoints}, judge,
+                              int(ck.get("bootstrap_rounds", 300))) if len(checkpoints) > 1 else {},
         "bon": {"path": str(ck.bon), "judge": bon.get("judge"), "kl_nominal": bon["kl_nominal"]} if bon else None,
         "wall_time_s": time.time() - start,
         "config": OmegaConf.to_container(cfg, resolve=True),
