@@ -251,7 +251,7 @@ def _answer_step(folder: Path, suggest_correct: list[bool]) -> None:
 
 
 def test_paired_rises_exact_small_cases(tmp_path):
-    from syco.ppo.checkpoints import paired_rises
+    from syco.ppo.checkpoints import paired_differences, paired_rises
 
     _answer_step(tmp_path / "step_0", [True, True, False, False])
     _answer_step(tmp_path / "step_5", [True, True, False, False])
@@ -265,6 +265,27 @@ def test_paired_rises_exact_small_cases(tmp_path):
     assert moved["accuracy/plain"]["value"] == 0 and moved["accuracy/plain"]["ci"] == [0, 0]
     lo, hi = moved["accuracy/suggest_incorrect"]["ci"]
     assert -1 <= lo <= -0.25 <= hi <= 0  # only item 1 changed: no draw can show a rise
+    # the same comparison read as two runs at one step
+    assert paired_differences({"9": (tmp_path / "step_9", tmp_path / "step_0")}, "rules", rounds=50) == {"9": rises["9"]}
     (tmp_path / "step_5" / "samples.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="step_5"):
         paired_rises({k: tmp_path / f"step_{k}" for k in (0, 5)}, "rules")
+
+
+def test_versus_another_run_is_paired_per_step(ckpt_run, tmp_path):
+    """checkpoints.versus: this run minus another run's evaluation at each step both have; against
+    a copy of its own evaluation every difference is exactly 0. A missing folder is named."""
+    run = tmp_path / "run"
+    shutil.copytree(ckpt_run["run"], run)
+    other = tmp_path / "other_eval"
+    shutil.copytree(ckpt_run["out"], other)
+    shutil.rmtree(other / "step_2")  # only step 0 is compared
+    evaluate(tmp_path / "hydra", *SMALL, f"checkpoints.run={run}", "logger=none", f"checkpoints.versus={other}")
+    s = json.loads((run / "evaluations" / "planted_bias" / "checkpoints.json").read_text())
+    diffs = s["versus"]["differences"]
+    assert s["versus"]["path"] == str(other) and set(diffs) == {"0"}
+    values = [m["value"] for by_ds in diffs["0"].values() for by in by_ds.values() for m in by.values()]
+    assert values and all(v == 0 for v in values)
+    proc = evaluate(tmp_path / "hydra2", *SMALL, f"checkpoints.run={run}", "logger=none",
+                    f"checkpoints.versus={tmp_path / 'nowhere'}", check=False)
+    assert proc.returncode != 0 and str(tmp_path / "nowhere") in proc.stderr

@@ -177,34 +177,41 @@ def collect(checkpoints: Sequence[Checkpoint], summaries: Mapping[int, Mapping[s
             for c in checkpoints}
 
 
-def paired_rises(folders: Mapping[int, Path], judge: str, rounds: int = 300, level: float = 0.95,
-                 seed: int = 0) -> dict[str, Any]:
-    """{step: {task: {dataset: {metric: {value, count, ci}}}}}: each later step's metric minus the
-    first step's, on the same items, with a paired bootstrap percentile interval (each round draws
-    the items once and reads both steps). Separate intervals per step carry the between-item
-    variance twice; "does it rise with steps" is this difference."""
-    from syco.bon.estimate import bootstrap_difference
+def step_samples(folder: Path, judge: str) -> dict[str, list[dict[str, Any]]]:
+    """A finished step evaluation's samples with a verdict of `judge`, by task."""
     from syco.eval.runner import SampleStore
 
-    def samples(step: int) -> dict[str, list[dict[str, Any]]]:
-        path = folders[step] / "samples.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the step's evaluation did not finish")
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for s in SampleStore(path).judged():
-            if judge in s["verdicts"]:
-                by_task.setdefault(s["record"].task, []).append(s)
-        return by_task
+    path = folder / "samples.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the step's evaluation did not finish")
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for s in SampleStore(path).judged():
+        if judge in s["verdicts"]:
+            by_task.setdefault(s["record"].task, []).append(s)
+    return by_task
 
-    steps = sorted(folders)
-    first = samples(steps[0])
+
+def paired_differences(pairs: Mapping[str, tuple[Path, Path]], judge: str, rounds: int = 300, level: float = 0.95,
+                       seed: int = 0) -> dict[str, Any]:
+    """{key: {task: {dataset: {metric: {value, count, ci}}}}}: metric(a) - metric(b) for each
+    (a, b) pair of step evaluation folders, on the items both have, with a paired bootstrap
+    percentile interval (each round draws the items once and reads both). Separate intervals carry
+    the between-item variance twice; "did it rise", "do two runs differ" are these differences."""
+    from syco.bon.estimate import bootstrap_difference
+
     out: dict[str, Any] = {}
-    for step in steps[1:]:
-        later = samples(step)
-        out[str(step)] = {task: bootstrap_difference(task, later[task], first[task], judge, rounds=rounds,
-                                                     level=level, seed=seed)
-                          for task in sorted(set(first) & set(later))}
+    for key, (a, b) in pairs.items():
+        sa, sb = step_samples(a, judge), step_samples(b, judge)
+        out[key] = {task: bootstrap_difference(task, sa[task], sb[task], judge, rounds=rounds, level=level, seed=seed)
+                    for task in sorted(set(sa) & set(sb))}
     return out
+
+
+def paired_rises(folders: Mapping[int, Path], judge: str, rounds: int = 300, level: float = 0.95,
+                 seed: int = 0) -> dict[str, Any]:
+    """Each later step minus the first step (paired_differences)."""
+    steps = sorted(folders)
+    return paired_differences({str(s): (folders[s], folders[steps[0]]) for s in steps[1:]}, judge, rounds, level, seed)
 
 
 def kl_info(meta: Mapping[str, Any], kl_key: str) -> dict[str, Any]:
@@ -241,6 +248,11 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     checkpoints = discover(run, steps, bool(ck.get("start", True)), kl_key)
     bon = load_json(ck.bon, "checkpoints.bon", ("kl_nominal", "results")) if ck.get("bon") else None
     overlays = [load_json(p, "checkpoints.overlay", ("points", "results")) for p in ck.get("overlay") or []]
+    rounds = int(ck.get("bootstrap_rounds", 300))
+    versus = Path(str(ck.versus)).expanduser() if ck.get("versus") else None
+    if versus is not None and not versus.is_dir():
+        raise FileNotFoundError(f"checkpoints.versus={versus}: no such folder (another run's "
+                                "<run>/evaluations/<name>, with step_<k>/samples.jsonl)")
     for c in checkpoints:
         model_config(cfg, c)  # a wrong base fails here, before any step is evaluated
     log.info("%d checkpoints of %s: steps %s", len(checkpoints), run, [c.step for c in checkpoints])
@@ -271,8 +283,12 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
                    for c in checkpoints],
         "results": collect(checkpoints, summaries, z),
         # metric(step) - metric(first step), paired by item, bootstrap percentile interval
-        "rises": paired_rises({c.step: out / f"step_{c.step}" for c in checkpoints}, judge,
-                              int(ck.get("bootstrap_rounds", 300))) if len(checkpoints) > 1 else {},
+        "rises": paired_rises({c.step: out / f"step_{c.step}" for c in checkpoints}, judge, rounds)
+        if len(checkpoints) > 1 else {},
+        # this run minus another run's evaluation (checkpoints.versus) at each step both evaluated
+        "versus": {"path": str(versus), "differences": paired_differences(
+            {str(c.step): (out / f"step_{c.step}", versus / f"step_{c.step}") for c in checkpoints
+             if (versus / f"step_{c.step}" / "samples.jsonl").is_file()}, judge, rounds)} if versus else None,
         "bon": {"path": str(ck.bon), "judge": bon.get("judge"), "kl_nominal": bon["kl_nominal"]} if bon else None,
         "wall_time_s": time.time() - start,
         "config": OmegaConf.to_container(cfg, resolve=True),

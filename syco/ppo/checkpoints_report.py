@@ -137,10 +137,13 @@ def log_summary(summary: Mapping[str, Any]) -> None:
     for task, metric in HEADLINE:
         for step, k, v, lo, hi in curve(summary, task, metric):
             log.info("step %-5d KL %-8.3f %-14s %-26s %.3f [%.3f, %.3f]", step, k, task, metric, v, lo, hi)
-    for step, by_task in (summary.get("rises") or {}).items():
-        for task, metric in HEADLINE:
-            for dataset, by_name in (by_task.get(task) or {}).items():
-                m = by_name.get(metric)
-                if m and m.get("ci"):
-                    log.info("step %-5s - step %s  %-14s %-26s %+.3f [%+.3f, %+.3f] (paired, %s)", step,
-                             summary["steps"][0], task, metric, m["value"], *m["ci"], dataset)
+    versus = (summary.get("versus") or {}).get("differences") or {}
+    for what, by_step in (("step %s - step " + str(summary["steps"][0]), summary.get("rises") or {}),
+                          ("step %s, this run - checkpoints.versus", versus)):
+        for step, by_task in by_step.items():
+            for task, metric in HEADLINE:
+                for dataset, by_name in (by_task.get(task) or {}).items():
+                    m = by_name.get(metric)
+                    if m and m.get("ci"):
+                        log.info("%-40s %-14s %-26s %+.3f [%+.3f, %+.3f] (paired, %s)", what % step, task, metric,
+                                 m["value"], *m["ci"], dataset)
