@@ -23,6 +23,8 @@
 # (beta=4), nonsyco = standard data plus anti-sycophancy pairs, unbiased = the same pairs labelled by the
 # rater without the agreement bias (beta=0), the controlled counterpart. BON=0 skips the best-of-n pools.
 # PMs already in $R/pms/<variant>/pm are reused. PPO_MISC=null: PPO prompts are the training-side facts only.
+# PPO_EXTRA: more train.py overrides for both PPO runs, e.g. the per-prompt baseline of the fourth PPO
+# measurement: PPO_EXTRA="ppo.samples_per_prompt=4 ppo.reward.baseline=prompt ppo.optimizer.scheduler=constant"
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -89,7 +91,7 @@ sleep 5
 [ "${BON:-1}" = 1 ] && run bon_pools ${PM_T:-240} python3 evaluate.py $BON &
 wait
 ls $R/pms/$A/pm $R/pms/$B/pm > /dev/null || { el "a PM is missing"; }
-G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=${PPO_MISC:-builtin} $PPO_X"
+G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=${PPO_MISC:-builtin} $PPO_X ${PPO_EXTRA:-}"
 PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
 run ppo_$A $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/$A/pm ppo.gold_pm=$R/pms/$B/pm hydra.run.dir=$R/ppo/$A &
 P1=$!; sleep 3
