@@ -200,8 +200,15 @@ def paired_differences(pairs: Mapping[str, tuple[Path, Path]], judge: str, round
     from syco.bon.estimate import bootstrap_difference
 
     out: dict[str, Any] = {}
+    read: dict[Path, dict[str, list[dict[str, Any]]]] = {}  # e.g. step 0 is the b of every rise: read once
+
+    def samples(folder: Path) -> dict[str, list[dict[str, Any]]]:
+        if folder not in read:
+            read[folder] = step_samples(folder, judge)
+        return read[folder]
+
     for key, (a, b) in pairs.items():
-        sa, sb = step_samples(a, judge), step_samples(b, judge)
+        sa, sb = samples(a), samples(b)
         out[key] = {task: bootstrap_difference(task, sa[task], sb[task], judge, rounds=rounds, level=level, seed=seed)
                     for task in sorted(set(sa) & set(sb))}
     return out
