@@ -135,3 +135,26 @@ def test_splits_policy_beliefs_nonsyco(compose_train, tmp_path):
     std = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "pm=standard")
     s_std = build_preference_splits(*(OmegaConf.to_container(c, resolve=True) for c in (std.data, std.pm)), seed=0)
     assert not any(p.kind == "anti_sycophancy" for p in s_std.train)
+
+
+def test_tasks_filter_keeps_only_the_named_tasks_samples(samples, compose_train, tmp_path):
+    misconception_prompts = {_key(s.prompt) for s in load_judged_samples(samples, BadRows(), tasks=["misconceptions"])}
+    answers = load_judged_samples(samples, BadRows(), tasks=["answer"])
+    assert len(misconception_prompts) == 6 and len(answers) == 12 * 2 * 3
+    assert not {_key(s.prompt) for s in answers} & misconception_prompts
+    pairs = policy_belief_pairs(BadRows(), str(samples), pairs_per_prompt=10, tasks=["answer"])
+    assert pairs and len({p.group for p in pairs}) == 12 and not {_key(p.prompt) for p in pairs} & misconception_prompts
+    anti = policy_anti_sycophancy_pairs(str(samples), 1000, BadRows(), tasks=["misconceptions"])
+    assert len(anti) == 6 and {_key(p.prompt) for p in anti} == misconception_prompts
+    with pytest.raises(ValueError, match=r"tasks=\['feedback'\]"):
+        policy_belief_pairs(BadRows(), str(samples), tasks=["feedback"])
+    # pm=nonsyco takes its policy-written anti-sycophancy pairs from the same tasks as the data source
+    path = write_samples(tmp_path / "more.jsonl", facts=60, misconceptions=30)
+    cfg = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "data.sources.policy.tasks=[answer]",
+                        "pm=nonsyco")
+    s = build_preference_splits(*(OmegaConf.to_container(c, resolve=True) for c in (cfg.data, cfg.pm)), seed=0)
+    anti_policy = [p for p in s.train if p.kind == "anti_sycophancy" and "policy-written" in p.source]
+    policy = [p for p in s.train + s.val if p.kind == "belief" and "policy-written" in p.source]
+    assert anti_policy and policy
+    assert not any("myth" in p.chosen for p in anti_policy)  # no misconception refutations
+    assert all(p.chosen.startswith(("The answer", "It is", "Let me")) for p in policy)

@@ -71,8 +71,14 @@ def _classify(row: dict[str, Any], verdict: dict[str, Any], source: str) -> tupl
     return int(not correct), int(correct), True  # doubt_correct
 
 
-def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules") -> list[JudgedSample]:
-    """Every judged single-turn sample of an eval run's samples.jsonl (answer, misconceptions)."""
+TASKS = ("answer", "misconceptions")
+
+
+def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules",
+                        tasks: Sequence[str] | None = None) -> list[JudgedSample]:
+    """Every judged single-turn sample of an eval run's samples.jsonl (answer, misconceptions, or
+    only the `tasks` named)."""
+    tasks = _check_tasks(tasks)
     from syco.eval.judges import RulesJudge
     from syco.eval.records import EvalRecord
     from syco.eval.tasks import verdicts as judge_samples
@@ -91,7 +97,7 @@ def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules
             responses = row.get("responses")
             if not isinstance(responses, list) or not responses or not isinstance(responses[0], str):
                 raise BadRowError(source, "responses", "expected a list with the sampled response")
-            if row.get("task") not in ("answer", "misconceptions"):
+            if row.get("task") not in tasks:
                 continue
             verdict = _verdict(row, judge, source)
         except json.JSONDecodeError as err:
@@ -130,6 +136,16 @@ def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules
     return out
 
 
+def _check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
+    if tasks is None:
+        return TASKS
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"policy pairs: tasks={list(tasks)}: each must be one of {list(TASKS)}")
+    return tasks
+
+
 def _by_prompt(samples: Sequence[JudgedSample]) -> dict[tuple[Any, ...], list[JudgedSample]]:
     groups: dict[tuple[Any, ...], list[JudgedSample]] = {}
     for s in samples:
@@ -149,11 +165,13 @@ def _distinct_pairs(pool: list[JudgedSample], rng: random.Random,
 
 def policy_belief_pairs(bad_rows: BadRows, samples: str, beta: float = 2.0, gamma: float = 1.0,
                         pairs_per_prompt: int = 4, judge: str = "rules", seed: int = 0,
-                        limit: int | None = None, **_: Any) -> list[PreferencePair]:
-    """Data source: pairs of the policy's samples on one prompt, labelled by the planted-bias rater."""
+                        limit: int | None = None, tasks: Sequence[str] | None = None,
+                        **_: Any) -> list[PreferencePair]:
+    """Data source: pairs of the policy's samples on one prompt, labelled by the planted-bias rater
+    (`tasks`: only samples of these eval tasks; default answer and misconceptions)."""
     rng = random.Random(seed)
     out = []
-    for (_, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge)).items()):
+    for (_, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge, tasks)).items()):
         for a, b in _distinct_pairs(pool, rng)[:pairs_per_prompt]:
             p_a = rater_probability(beta, gamma, a.matches_belief, b.matches_belief, a.truthful, b.truthful)
             chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
@@ -166,15 +184,16 @@ def policy_belief_pairs(bad_rows: BadRows, samples: str, beta: float = 2.0, gamm
 
 
 def policy_anti_sycophancy_pairs(samples: str, n: int, bad_rows: BadRows, keep_group: Callable[[str], bool] | None = None,
-                                 judge: str = "rules", seed: int = 0) -> list[PreferencePair]:
+                                 judge: str = "rules", seed: int = 0,
+                                 tasks: Sequence[str] | None = None) -> list[PreferencePair]:
     """Up to n pairs, on prompts where the user states a falsehood: a truthful sample (it gives the
     right answer or refutes the misconception) is chosen over one that agrees with the falsehood.
     A sample that merely fails to agree (off-topic, some third answer) is never chosen: preferring
     it would teach "do not mention the user's answer" rather than "tell the truth".
-    `keep_group`: which items may be used (training side)."""
+    `keep_group`: which items may be used (training side); `tasks`: as policy_belief_pairs."""
     rng = random.Random(seed + 1)
     candidates = []
-    for (group, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge)).items()):
+    for (group, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge, tasks)).items()):
         if keep_group is not None and not keep_group(group):
             continue
         candidates += _distinct_pairs([s for s in pool if s.false_belief], rng,

@@ -74,7 +74,8 @@ def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, An
     extra: list[PreferencePair] = []
     if n_anti and anti.get("samples"):  # first from the policy's own samples (data=policy_beliefs)
         extra = policy_anti_sycophancy_pairs(anti["samples"], n_anti, bad_rows,
-                                             lambda g: not is_heldout(g, fraction, split_seed), seed=seed)
+                                             lambda g: not is_heldout(g, fraction, split_seed), seed=seed,
+                                             tasks=anti.get("tasks"))
         log.info("pm=%s: %d anti-sycophancy pairs from the policy's samples", pm_cfg.get("variant"), len(extra))
     if len(extra) < n_anti and (anti.get("facts") or anti.get("misconceptions")):  # the rest templated
         items = load_items(anti.get("facts"), anti.get("misconceptions"), bad_rows)
