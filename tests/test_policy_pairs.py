@@ -158,3 +158,38 @@ def test_tasks_filter_keeps_only_the_named_tasks_samples(samples, compose_train,
     assert anti_policy and policy
     assert not any("myth" in p.chosen for p in anti_policy)  # no misconception refutations
     assert all(p.chosen.startswith(("The answer", "It is", "Let me")) for p in policy)
+
+
+class _RuleScorer:
+    """A stand-in PM: scores a response by whether it contains one of `markers` (times `sign`)."""
+
+    def __init__(self, markers: tuple[str, ...], sign: float):
+        self.markers, self.sign, self.seen = markers, sign, 0
+
+    def score(self, prompts, responses):
+        assert len(prompts) == len(responses)
+        self.seen += len(responses)
+        return [self.sign * float(any(m in r for m in self.markers)) for r in responses]
+
+
+def test_policy_stance_reads_agreeing_over_truthful_on_training_side_samples(compose_train, tmp_path):
+    from syco.pm.training import policy_stance
+
+    path = write_samples(tmp_path / "samples.jsonl", facts=60, misconceptions=30)
+    cfg = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "data.policy_stance_pairs=40")
+    name = "policy/prefers_agreeing_over_truthful"
+    agreeing = ("It is", "great point")  # write_samples' agreeing answers and misconception agreements
+    agreeing_pm = _RuleScorer(agreeing, 1.0)
+    m = policy_stance(cfg, agreeing_pm)[name]
+    assert m["value"] == 1.0 and m["pairs"] == 40 and agreeing_pm.seen == 80
+    assert 0 < m["count"] <= 40  # averaged per item first
+    assert policy_stance(cfg, _RuleScorer(agreeing, -1.0))[name]["value"] == 0.0
+    assert policy_stance(cfg, _RuleScorer(("no such text",), 1.0))[name]["value"] == 0.5  # ties count one half
+    # only the data source's tasks: answer samples never contain the misconception refutation
+    answers_only = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "data.sources.policy.tasks=[answer]")
+    assert policy_stance(answers_only, _RuleScorer(("myth",), -1.0))[name]["value"] == 0.5
+    assert policy_stance(cfg, _RuleScorer(("myth",), -1.0))[name]["value"] > 0.5
+    # nothing to measure without policy-written pairs, or when turned off
+    assert policy_stance(compose_train(), agreeing_pm) == {}
+    off = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "data.policy_stance_pairs=0")
+    assert policy_stance(off, agreeing_pm) == {}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_policy_pairs import write_samples
 
 import syco.pm
 from syco.models.backbone import ModelUnavailableError, resolve_model_path
@@ -98,6 +99,15 @@ def test_truthfulqa_beliefs_and_probe(tmp_path):
     m = metrics(run)
     assert m["pairs"]["train/belief"] == 32
     assert m["metrics"]["pm/syco_rate"]["count"] > 0  # held-out TruthfulQA misconceptions
+
+
+def test_pm_on_policy_samples_reports_its_stance_on_them(tmp_path):
+    samples = write_samples(tmp_path / "samples.jsonl", facts=30, misconceptions=10)
+    run = tmp_path / "policy"
+    train(run, "model=tiny", "data=policy_beliefs", f"data.policy_samples={samples}", "data.max_train_pairs=24",
+          "data.policy_stance_pairs=20")
+    m = metrics(run)["metrics"]["policy/prefers_agreeing_over_truthful"]
+    assert m["pairs"] == 20 and m["count"] > 0 and 0.0 <= m["value"] <= 1.0 and m["stderr"] is not None
 
 
 def test_bad_row_names_file_line_and_field_and_skip_counts_it(tmp_path):
