@@ -127,3 +127,25 @@ def test_planted_bias_policy_experiment(compose_train, pm):
     assert sources["policy"]["gamma"] == sources["beliefs"]["gamma"] == 2.0
     assert cfg["pm"]["variant"] == pm and cfg["run_name"] == f"planted_bias_policy-{pm}-smollm2-135m-instruct"
     assert (cfg["pm"]["anti_sycophancy"].get("samples") == "/x/samples.jsonl") == (pm == "nonsyco")
+
+
+@pytest.mark.parametrize("task", ["pm", "ppo", "rlhf"])
+def test_planted_bias_answers_experiment(compose_train, task):
+    """The sixth PPO measurement's PMs and PPO from one experiment name, for every task."""
+    for pm in ("standard", "nonsyco"):
+        cfg = _resolved(compose_train("experiment=planted_bias_answers", f"task={task}", f"pm={pm}",
+                                      "data.policy_samples=/x/samples.jsonl"))
+        sources = cfg["data"]["sources"]
+        assert sources["policy"]["tasks"] == ["answer"] and sources["beliefs"]["limit"] == 480
+        assert sources["policy"]["beta"] == sources["beliefs"]["beta"] == 4.0
+        assert sources["policy"]["gamma"] == sources["beliefs"]["gamma"] == 1.0
+        assert cfg["optimizer"]["lr"] == 1e-3 and cfg["data"]["max_train_pairs"] == 1600
+        anti = cfg["pm"]["anti_sycophancy"]
+        assert anti["ratio"] == (0.5 if pm == "nonsyco" else 0.0)  # the standard PM gets no corrections
+        assert anti.get("tasks", ["answer"]) == ["answer"]
+        if task != "pm":
+            ppo = cfg["ppo"]
+            assert ppo["samples_per_prompt"] == 4 and ppo["reward"]["baseline"] == "prompt"
+            assert ppo["prompts"]["templates"] == ["plain", "suggest_incorrect"] and ppo["optimizer"]["lr"] == 3e-4
+            assert ppo["batch_size"] % ppo["samples_per_prompt"] == 0 and ppo["total_steps"] == 50
+            assert ppo["lora"]["target_modules"] == ["q_proj", "v_proj"]
