@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,12 @@ class PreferenceSplits:
             for p in pairs:
                 out[f"{name}/{p.kind}"] = out.get(f"{name}/{p.kind}", 0) + 1
         return out
+
+
+def training_side(data_cfg: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Whether a group falls on the training side of the held-out split that `data_cfg` defines."""
+    fraction, split_seed = float(data_cfg.get("heldout_fraction", 0.2)), int(data_cfg.get("split_seed", 0))
+    return lambda group: not is_heldout(group, fraction, split_seed)
 
 
 def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, Any], seed: int = 0) -> PreferenceSplits:
@@ -73,8 +79,7 @@ def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, An
     n_anti = round(ratio * len(train)) if ratio > 0 else 0
     extra: list[PreferencePair] = []
     if n_anti and anti.get("samples"):  # first from the policy's own samples (data=policy_beliefs)
-        extra = policy_anti_sycophancy_pairs(anti["samples"], n_anti, bad_rows,
-                                             lambda g: not is_heldout(g, fraction, split_seed), seed=seed,
+        extra = policy_anti_sycophancy_pairs(anti["samples"], n_anti, bad_rows, training_side(data_cfg), seed=seed,
                                              tasks=anti.get("tasks"))
         log.info("pm=%s: %d anti-sycophancy pairs from the policy's samples", pm_cfg.get("variant"), len(extra))
     if len(extra) < n_anti and (anti.get("facts") or anti.get("misconceptions")):  # the rest templated

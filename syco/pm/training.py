@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from syco.data.pairs import BadRows, is_heldout
+from syco.data.pairs import BadRows
 from syco.data.policy_pairs import policy_anti_sycophancy_pairs
-from syco.data.preference import PreferenceDataModule, build_preference_splits
+from syco.data.preference import PreferenceDataModule, build_preference_splits, training_side
 from syco.eval.metrics import mean_se, per_item_means
 from syco.pm.model import PreferenceModel, load
 from syco.pm.module import PreferenceModelModule
@@ -100,10 +100,8 @@ def policy_stance(cfg: DictConfig, pm: PreferenceModel) -> dict[str, dict[str, A
     n = int(cfg.data.get("policy_stance_pairs") or 0)
     if not src or not src.get("samples") or n <= 0:
         return {}
-    fraction, split_seed = float(cfg.data.get("heldout_fraction", 0.2)), int(cfg.data.get("split_seed", 0))
     pairs = policy_anti_sycophancy_pairs(src.samples, n, BadRows(cfg.data.get("on_bad_row", "error")),
-                                         lambda g: not is_heldout(g, fraction, split_seed),
-                                         judge=src.get("judge") or "rules", seed=int(cfg.seed), tasks=src.get("tasks"))
+                                         training_side(cfg.data), judge=src.get("judge") or "rules", seed=int(cfg.seed), tasks=src.get("tasks"))
     prompts = [list(p.prompt) for p in pairs]
     truthful = pm.score(prompts, [p.chosen for p in pairs]) if pairs else []
     agreeing = pm.score(prompts, [p.rejected for p in pairs]) if pairs else []
