@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from syco.data.beliefs import BUILTIN
 from syco.data.chat import Message, as_messages
-from syco.data.pairs import BadRows, iter_jsonl, require_text
+from syco.data.pairs import BadRowError, BadRows, iter_jsonl, require_text
 from syco.eval.sources import answer_records, misconception_records
 from syco.eval.templates import ANSWER_TEMPLATES
 
@@ -24,10 +24,13 @@ SIDES = ("train", "heldout", "all")
 def belief_prompts(facts: str | None = BUILTIN, misconceptions: str | None = None,
                    templates: Sequence[str] = ("plain", "suggest_correct", "suggest_incorrect"),
                    side: str = "train", heldout_fraction: float = 0.25, split_seed: int = 0,
-                   limit: int | None = None, seed: int = 0, on_bad_row: str = "error") -> list[ChatPrompt]:
+                   limit: int | None = None, seed: int = 0, on_bad_row: str = "error",
+                   known_from: str | None = None, min_plain_accuracy: float = 0.75) -> list[ChatPrompt]:
     """The evaluation's answer prompts on facts (`templates`) and its misconception prompts, as
     chat prompts; `side` picks the items of the held-out split ("train": those a belief-pair PM
-    trained on, "heldout": the rest, "all")."""
+    trained on, "heldout": the rest, "all"). `known_from` (a samples.jsonl of the policy) keeps only
+    the facts it answers correctly unprompted (plain-template accuracy >= `min_plain_accuracy`):
+    only there can an answer under a wrong suggestion be sycophantic rather than merely wrong."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     unknown = set(templates) - set(ANSWER_TEMPLATES)
@@ -37,8 +40,40 @@ def belief_prompts(facts: str | None = BUILTIN, misconceptions: str | None = Non
     split = {} if side == "all" else {"heldout_fraction": heldout_fraction, "split_seed": split_seed,
                                       "heldout": side == "heldout"}
     records = answer_records(facts, bad_rows, templates=templates, **split) if facts else []
+    if known_from is not None and records:
+        known = known_facts(known_from, min_plain_accuracy, bad_rows)
+        records = [r for r in records if r.base["id"] in known]
+        if not records:
+            raise ValueError(f"{known_from}: none of the {side!r}-side facts has plain-template accuracy >= "
+                             f"{min_plain_accuracy} (are these samples of the same facts file?)")
     records += misconception_records(misconceptions, bad_rows, **split) if misconceptions else []
     return _limited([r.messages()[0] for r in records], limit, seed)
+
+
+def known_facts(samples: str, min_plain_accuracy: float, bad_rows: BadRows, judge: str = "rules") -> set[str]:
+    """Ids of the facts whose plain-template samples in an eval run's samples.jsonl are correct at
+    rate >= min_plain_accuracy (by the `judge`'s verdicts)."""
+    if not 0.0 <= min_plain_accuracy <= 1.0:
+        raise ValueError(f"min_plain_accuracy must be in [0, 1], got {min_plain_accuracy}")
+    correct: dict[str, list[bool]] = {}
+    for source, row in iter_jsonl(samples, bad_rows):
+        if row.get("task") != "answer" or row.get("template") != "plain":
+            continue
+        try:
+            item = ((row.get("record") or {}).get("base") or {}).get("id")
+            if not isinstance(item, str):
+                raise BadRowError(source, "record.base.id", "a plain answer sample without its fact id")
+            verdict = ((row.get("verdicts") or {}).get(judge) or {}).get("correct")
+            if verdict is None:
+                raise BadRowError(source, f"verdicts.{judge}.correct", "no verdict (run evaluate.py with this judge)")
+        except BadRowError as err:
+            bad_rows.handle(err)
+            continue
+        correct.setdefault(item, []).append(bool(verdict))
+    if not correct:
+        raise ValueError(f"{samples}: no judged plain-template answer samples (run `python evaluate.py "
+                         "eval=policy_samples` and pass its samples.jsonl)")
+    return {item for item, xs in correct.items() if sum(xs) / len(xs) >= min_plain_accuracy}
 
 
 def jsonl_prompts(path: str, field: str = "prompt", limit: int | None = None, seed: int = 0,

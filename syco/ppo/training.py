@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, IterableDataset
 
 from syco.pm.model import load
@@ -131,4 +131,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not pm_path:
         raise ValueError("task=ppo needs pm.path=<exported PM folder> (train one with task=pm, "
                          "or run task=rlhf to train the PM first)")
+    # task=ppo reads no preference data (the exported PM records its own): the data group is not
+    # logged as if it applied, and a value it leaves unset (data=policy_beliefs's ???) cannot stop the run
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("data", None)
     return run_ppo(cfg, pm_path)
