@@ -260,6 +260,9 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     if versus is not None and not versus.is_dir():
         raise FileNotFoundError(f"checkpoints.versus={versus}: no such folder (another run's "
                                 "<run>/evaluations/<name>, with step_<k>/samples.jsonl)")
+    from syco.ppo.checkpoint_scores import checkpoint_pm_scores, pm_specs
+
+    pm_scorers = pm_specs(ck.get("pm_scores"))
     for c in checkpoints:
         model_config(cfg, c)  # a wrong base fails here, before any step is evaluated
     log.info("%d checkpoints of %s: steps %s", len(checkpoints), run, [c.step for c in checkpoints])
@@ -296,6 +299,9 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
         "versus": {"path": str(versus), "differences": paired_differences(
             {str(c.step): (out / f"step_{c.step}", versus / f"step_{c.step}") for c in checkpoints
              if (versus / f"step_{c.step}" / "samples.jsonl").is_file()}, judge, rounds)} if versus else None,
+        # each step's samples scored by the named PMs: level, and rise from the first step paired by item
+        "pm_scores": checkpoint_pm_scores({c.step: out / f"step_{c.step}" for c in checkpoints}, pm_scorers, judge,
+                                          rounds) if pm_scorers else {},
         "bon": {"path": str(ck.bon), "judge": bon.get("judge"), "kl_nominal": bon["kl_nominal"]} if bon else None,
         "wall_time_s": time.time() - start,
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -98,6 +98,9 @@ def rows(summary: Mapping[str, Any]) -> list[dict[str, float]]:
         row = {"ppo/step": float(p["step"]), "ppo/kl": float(p["kl"])}
         row.update({f"ppo/run_{k}": float(v) for k, v in p["ppo_eval"].items() if isinstance(v, (int, float))})
         row.update(flat_metrics(summary, str(p["step"])))
+        for name, scores in (summary.get("pm_scores") or {}).items():  # checkpoints.pm_scores
+            for task, by_template in scores["levels"].get(str(p["step"]), {}).items():
+                row.update({f"ppo/pm_score/{name}/{task}/{t}": m["value"] for t, m in by_template.items()})
         out.append(row)
     return out
 
@@ -147,3 +150,10 @@ def log_summary(summary: Mapping[str, Any]) -> None:
                     if m and m.get("ci"):
                         log.info("%-40s %-14s %-26s %+.3f [%+.3f, %+.3f] (paired, %s)", what % step, task, metric,
                                  m["value"], *m["ci"], dataset)
+    for name, scores in (summary.get("pm_scores") or {}).items():
+        for step, by_task in scores["rises"].items():
+            for task, by_template in by_task.items():
+                for template, m in by_template.items():
+                    log.info("PM %-10s step %s - step %s %-14s %-18s %+.3f [%+.3f, %+.3f] (paired, %d items, PM std units)",
+                             name, step, summary["steps"][0], task, template, m["value"], *m.get("ci", [float("nan")] * 2),
+                             m["count"])
