@@ -149,3 +149,24 @@ def test_planted_bias_answers_experiment(compose_train, task):
             assert ppo["prompts"]["templates"] == ["plain", "suggest_incorrect"] and ppo["optimizer"]["lr"] == 3e-4
             assert ppo["batch_size"] % ppo["samples_per_prompt"] == 0 and ppo["total_steps"] == 50
             assert ppo["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("task", ["ppo", "rlhf"])
+def test_planted_bias_known_experiment(compose_train, task):
+    """The seventh PPO measurement: planted_bias_answers with PPO on known facts' suggest-incorrect
+    prompts; the samples that define "known" must be named."""
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    over = ("experiment=planted_bias_known", f"task={task}", "data.policy_samples=/x/samples.jsonl")
+    with pytest.raises(InterpolationToMissingValueError, match="data.policy_samples"):
+        _resolved(compose_train(*over[:2]))
+    known = _resolved(compose_train(*over))
+    assert known["ppo"]["prompts"]["known_from"] == "/x/samples.jsonl"  # the samples the PMs learned from
+    answers = _resolved(compose_train("experiment=planted_bias_answers", *over[1:]))
+    assert known["ppo"]["prompts"]["templates"] == ["suggest_incorrect"]
+    assert known["ppo"]["prompts"]["min_plain_accuracy"] == 0.75 and known["ppo"]["prompts"]["side"] == "train"
+    for key in ("data", "model", "optimizer", "pm"):  # the same PMs
+        assert known[key] == answers[key]
+    drop = {"prompts"}
+    assert {k: v for k, v in known["ppo"].items() if k not in drop} == {k: v for k, v in answers["ppo"].items() if k not in drop}
+    assert known["ppo"]["eval_prompts"] == answers["ppo"]["eval_prompts"]  # evaluation stays on all held-out facts
