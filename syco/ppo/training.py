@@ -131,11 +131,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not pm_path:
         raise ValueError("task=ppo needs pm.path=<exported PM folder> (train one with task=pm, "
                          "or run task=rlhf to train the PM first)")
-    # task=ppo reads no preference data (the exported PM records its own): the data group is not
-    # logged as if it applied, and a value it leaves unset (data=policy_beliefs's ???) cannot stop the
-    # run. The ppo group is resolved first: it may name the data's files (planted_bias_known's known_from).
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.ppo = OmegaConf.to_container(cfg.ppo, resolve=True)
-        cfg.pop("data", None)
-    return run_ppo(cfg, pm_path)
+    return run_ppo(without_preference_data(cfg), pm_path)
+
+
+def without_preference_data(cfg: DictConfig) -> DictConfig:
+    """task=ppo's config: a copy without the data group. PPO against an exported PM reads no
+    preference data (the PM records its own), so the group is not logged as if it applied, and a
+    value it leaves unset (data=policy_beliefs's ???) cannot stop the run. The ppo group is resolved
+    first: it may name the data's files (experiment=planted_bias_known's known_from)."""
+    out = cfg.copy()
+    with open_dict(out):
+        out.ppo = OmegaConf.to_container(cfg.ppo, resolve=True)
+        out.pop("data", None)
+    return out
