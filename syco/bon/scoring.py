@@ -17,18 +17,19 @@ from syco.tracking import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def pm_spec(name: str, spec: Any, prefixes: Mapping[str, Any]) -> dict[str, Any]:
-    """`bon.pms.<name>`: an exported PM folder, or {path, prefix: saved | none | <name in bon.prefixes>}."""
+def pm_spec(name: str, spec: Any, prefixes: Mapping[str, Any], where: str = "bon.pms") -> dict[str, Any]:
+    """`bon.pms.<name>` (or `<where>.<name>`): an exported PM folder, or {path, prefix: saved | none |
+    <name in bon.prefixes>}."""
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, Mapping) or not spec.get("path"):
-        raise ValueError(f"bon.pms.{name}: expected an exported PM folder or {{path, prefix}}, got {spec!r}")
+        raise ValueError(f"{where}.{name}: expected an exported PM folder or {{path, prefix}}, got {spec!r}")
     prefix = spec.get("prefix", "saved")
     if prefix not in ("saved", "none", None) and prefix not in prefixes:
-        raise ValueError(f"bon.pms.{name}.prefix={prefix!r}: use saved, none or one of bon.prefixes {sorted(prefixes)}")
+        raise ValueError(f"{where}.{name}.prefix={prefix!r}: use saved, none or one of bon.prefixes {sorted(prefixes)}")
     path = Path(spec["path"])
     if not (path / "syco_pm.json").is_file():
-        raise FileNotFoundError(f"bon.pms.{name}: {path} is not an exported syco PM (no syco_pm.json)")
+        raise FileNotFoundError(f"{where}.{name}: {path} is not an exported syco PM (no syco_pm.json)")
     messages = None if prefix in ("none", None) else "saved" if prefix == "saved" else list(prefixes[prefix])
     return {"name": name, "path": str(path), "prefix": messages}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from syco.bon.scoring import score_pools
+from syco.bon.scoring import pm_spec, score_pools
 from syco.ppo.checkpoints import step_samples
 
 ALL = "all"  # every template of a task pooled (per item: the mean over its templates)
@@ -28,29 +28,29 @@ def pm_specs(pms: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """`checkpoints.pm_scores`: {name: exported PM folder}, checked before anything is evaluated."""
     specs = []
     for name, path in (pms or {}).items():
-        if not isinstance(path, str):
-            raise ValueError(f"checkpoints.pm_scores.{name}: expected an exported PM folder, got {path!r}")
-        meta_file = Path(path).expanduser() / "syco_pm.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"checkpoints.pm_scores.{name}: {path} is not an exported syco PM (no syco_pm.json)")
-        meta = json.loads(meta_file.read_text())
-        spec = {"name": str(name), "path": str(meta_file.parent), "prefix": "saved",  # as PPO scored: its saved prefix
-                "mean": float(meta.get("reward_mean", 0.0)), "std": float(meta.get("reward_std", 1.0))}
+        spec = pm_spec(str(name), path, {}, where="checkpoints.pm_scores")  # scored behind its saved prefix, as PPO did
+        meta = json.loads((Path(spec["path"]) / "syco_pm.json").read_text())
+        spec.update(mean=float(meta.get("reward_mean", 0.0)), std=float(meta.get("reward_std", 1.0)))
         if not spec["std"] > 0:
             raise ValueError(f"checkpoints.pm_scores.{name}: {path} has reward_std={spec['std']} (not > 0)")
         specs.append(spec)
     return specs
 
 
-def item_scores(folder: Path, spec: Mapping[str, Any], judge: str, device: str | None = "auto",
-                batch_size: int = 16) -> dict[str, dict[str, dict[Item, float]]]:
-    """{task: {template: {item: mean normalized score of its samples}}} of one step's evaluation;
-    the raw scores are cached in <folder>/pm_scores/<name>.json (a re-run scores nothing new)."""
+def step_pools(folder: Path, judge: str) -> dict[str, dict[str, Any]]:
+    """One step's evaluation samples as scoring pools: {record key: {record, samples}}."""
     pools: dict[str, dict[str, Any]] = {}
     for samples in step_samples(folder, judge).values():
         for s in samples:
             if s["responses"]:
                 pools.setdefault(s["record"].key, {"record": s["record"], "samples": []})["samples"].append(s)
+    return pools
+
+
+def item_scores(folder: Path, pools: Mapping[str, dict[str, Any]], spec: Mapping[str, Any], device: str | None = "auto",
+                batch_size: int = 16) -> dict[str, dict[str, dict[Item, float]]]:
+    """{task: {template: {item: mean normalized score of its samples}}} of one step's pools (step_pools);
+    the raw scores are cached in <folder>/pm_scores/<name>.json (a re-run scores nothing new)."""
     scored = score_pools(spec, list(pools.values()), folder / "pm_scores" / f"{spec['name']}.json",
                          batch_size=batch_size, device=device)
     out: dict[str, dict[str, dict[Item, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -92,9 +92,10 @@ def checkpoint_pm_scores(folders: Mapping[int, Path], specs: Sequence[Mapping[st
     rises: {step: {task: {template: {value, count, ci}}}}}}: each step's mean normalized score, and
     each later step minus the first step, paired by item."""
     steps = sorted(folders)
+    pools = {s: step_pools(folders[s], judge) for s in steps}
     out: dict[str, Any] = {}
     for spec in specs:
-        per_step = {s: {task: _with_all(by_t) for task, by_t in item_scores(folders[s], spec, judge, device).items()}
+        per_step = {s: {task: _with_all(by_t) for task, by_t in item_scores(folders[s], pools[s], spec, device).items()}
                     for s in steps}
         levels = {str(s): {task: {t: {"value": float(np.mean(list(v.values()))), "count": len(v)}
                                   for t, v in by_t.items()} for task, by_t in per_step[s].items()} for s in steps}
