@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint results clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
+
+# redraw every figure and generated table of docs/results/*/README.md from the result files beside it
+results: setup
+	$(PY) scripts/redraw_results.py --all
 
 clean:
 	rm -rf outputs multirun .pytest_cache
