@@ -12,19 +12,20 @@
 #      one as gold), temperature 0.7, training prompts = facts and misconceptions (training side);
 #   3. every saved PPO step evaluated on the held-out items (evaluate.py method=checkpoints).
 # A deadline (DEADLINE seconds from the start) keeps it inside the job's time limit: PPO stops early
-# if it must, keeping its saved steps. Uses the policy samples of the fourth measurement (README) at
-# PS, or samples them first (T=0.7, 200 facts and every training-side misconception; PS_T s at most):
+# if it must, keeping its saved steps. Uses the policy samples of the fourth best-of-n measurement
+# (docs/results/bon-4-temperature-07/) at PS, or samples them first (T=0.7, 200 facts and every training-side misconception; PS_T s at most):
 #   sbatch slurm/planted_bias_gpu.sh                  # or: bash slurm/planted_bias_gpu.sh on a GPU machine
 #   PS=<samples.jsonl> R=<run folder> OUT=<pack folder> PPO_STEPS=100 DEADLINE=560 sbatch ...
 # Shorter windows: PM_X (PM overrides), PM_T (PM and pool stage limit, s), CK_RESERVE (s kept after PPO
 # for checkpoint evaluation and packing), CK_SAMPLES (samples per prompt there); PPO_LR, PPO_EPOCHS (3e-4
-# and 4: at 1e-4 and 2 PPO moved the policy by KL < 1 in 53 steps, README "PPO on a GPU").
+# and 4; why: docs/results/ppo-3-gpu/ and docs/results/ppo-update-size/).
 # PMS="standard unbiased" (default "standard nonsyco") picks the two PMs: standard = the planted-bias rater
 # (beta=4), nonsyco = standard data plus anti-sycophancy pairs, unbiased = the same pairs labelled by the
 # rater without the agreement bias (beta=0), the controlled counterpart. BON=0 skips the best-of-n pools.
 # PMs already in $R/pms/<variant>/pm are reused. PPO_MISC=null: PPO prompts are the training-side facts only.
 # PPO_EXTRA: more train.py overrides for both PPO runs, e.g. the per-prompt baseline of the fourth PPO
-# measurement: PPO_EXTRA="ppo.samples_per_prompt=4 ppo.reward.baseline=prompt ppo.optimizer.scheduler=constant"
+# measurement (docs/results/ppo-4-prompt-baseline/):
+#   PPO_EXTRA="ppo.samples_per_prompt=4 ppo.reward.baseline=prompt ppo.optimizer.scheduler=constant"
 # SMALL=1 runs the same flow at toy sizes on CPU (a dry run of the commands: ~20 min on 2 cores).
 set -u
 T0=$(date +%s)
@@ -65,7 +66,7 @@ from syco.models.backbone import _gguf_cache_dir, default_cache_dir  # $SYCO_CAC
 print(_gguf_cache_dir(yaml.safe_load(open("conf/model/smollm2.yaml")), default_cache_dir()))
 PY
 el "cached"
-if [ ! -f $PS ]; then  # the fourth measurement's policy samples (README), made here when not given
+if [ ! -f $PS ]; then  # the fourth best-of-n measurement's policy samples (docs/results/bon-4-temperature-07/), made here when not given
   el "no policy samples at $PS: sampling them into $R/policy_samples"
   PS=$R/policy_samples/samples.jsonl
   [ -f $PS ] || run policy_samples ${PS_T:-240} python3 evaluate.py eval=policy_samples eval.generation.temperature_free=0.7 \
