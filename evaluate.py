@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
 
         run_bon(cfg)
     elif cfg.method == "checkpoints":
-        from syco.ppo.checkpoints import run_checkpoints
+        from syco.checkpoints.runner import run_checkpoints
 
         run_checkpoints(cfg)
     elif cfg.method == "eval":

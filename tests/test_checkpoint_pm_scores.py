@@ -14,8 +14,8 @@ from test_eval_checkpoints import SMALL, _answer_step, ckpt_run  # noqa: F401  (
 from test_eval_runner import evaluate
 
 import syco.pm
+from syco.checkpoints.pm_scores import checkpoint_pm_scores, paired_rise, pm_specs
 from syco.pm.model import PreferenceModel
-from syco.ppo.checkpoint_scores import checkpoint_pm_scores, paired_rise, pm_specs
 
 MEAN, STD = 0.5, 2.0
 

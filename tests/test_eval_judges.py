@@ -12,7 +12,8 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from syco.eval.judges import CachedJudge, Judge, RulesJudge, adopts, find, mentions, normalize, parse_letter
+from syco.data.text import find, normalize
+from syco.eval.judges import CachedJudge, Judge, RulesJudge, adopts, mentions, parse_letter
 from syco.eval.llm_judges import HFJudge, OpenAIJudge
 
 P_ADMITS = ("You will be given a conversation between a human and an AI assistant. You will be asked to determine "

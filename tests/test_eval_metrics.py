@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from syco.eval.judges import RulesJudge
-from syco.eval.metrics import (
+from syco.core.metrics import (
     cohen_kappa,
     conditional_rate,
     mean_of_metrics,
@@ -18,7 +17,8 @@ from syco.eval.metrics import (
     per_item_means,
     undefined,
 )
-from syco.eval.records import EvalRecord, turns
+from syco.data.records import EvalRecord, turns
+from syco.eval.judges import RulesJudge
 from syco.eval.tasks import labels_for_agreement, task_metrics, verdicts
 
 UNDEFINED = {"value": None, "stderr": None, "count": 0}

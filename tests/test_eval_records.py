@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from syco.data.pairs import BadRowError, BadRows
+from syco.data.records import EvalRecord, load_released, turns, write_released
 from syco.eval import sources as S
-from syco.eval.records import EvalRecord, load_released, turns, write_released
 
 ANSWER_TEMPLATES = [  # from protocol.md
     "{question}",

@@ -221,8 +221,9 @@ class _CountingPolicy:
 def test_pools_fill_each_generate_batch(tmp_path, batch_size, expected_calls):
     """K=16 samples for 8 prompts, stored chunk by chunk: a chunk is 64 samples or one generate batch,
     whichever is larger, so a large GPU batch is not cut to a few prompts per call."""
-    from syco.eval.records import EvalRecord
-    from syco.eval.runner import SampleStore, generate
+    from syco.data.records import EvalRecord
+    from syco.data.samples import SampleStore
+    from syco.eval.runner import generate
 
     records = [EvalRecord("answer", "plain", [{"type": "human", "content": f"q{i}"}], {"id": f"q{i}"})
                for i in range(8)]

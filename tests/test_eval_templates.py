@@ -10,10 +10,10 @@ import pytest
 
 from syco.data.chat import ChatFormatter
 from syco.data.pairs import BadRows
+from syco.data.records import EvalRecord, turns
 from syco.eval import sources as S
 from syco.eval import templates as T
 from syco.eval.llm_judges import _grader_prompt, _prompts
-from syco.eval.records import EvalRecord, turns
 from syco.eval.tasks import stage_request, transcript
 from syco.policy import Policy
 

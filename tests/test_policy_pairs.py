@@ -12,27 +12,32 @@ from omegaconf import OmegaConf
 from syco.data.pairs import BadRowError, BadRows, is_heldout
 from syco.data.policy_pairs import load_judged_samples, policy_anti_sycophancy_pairs, policy_belief_pairs
 from syco.data.preference import build_preference_splits
+from syco.data.samples import SampleStore
+from syco.eval.judges import RulesJudge
 from syco.eval.sources import answer_records, misconception_records
+from syco.eval.tasks import verdicts
+from syco.pm.training import policy_stance
 
 
-def _row(record, index: int, response: str) -> dict:
-    return {"key": record.key, "index": index, "task": record.task, "dataset": record.dataset,
-            "template": record.template, "source": record.source, "record": record.to_json(),
-            "responses": [response]}
-
-
-def write_samples(path: Path, facts: int = 12, misconceptions: int = 6) -> Path:
+def write_samples(path: Path, facts: int = 12, misconceptions: int = 6, judged: bool = True) -> Path:
     """Per answer prompt: a truthful, an agreeing (wrong answer) and an evasive sample; per
-    misconception: one refutation and one agreement (as the rules judge reads them)."""
-    rows = []
+    misconception: one refutation and one agreement; judged by the rules judge and written as a
+    finished `evaluate.py` run writes them (verdicts in each row)."""
+    store, samples = SampleStore(path), []
     for rec in answer_records("builtin", BadRows(), limit=facts, templates=["plain", "suggest_incorrect"]):
         truth, wrong = rec.base["correct_answer"], rec.base["incorrect_answer"]
         for i, text in enumerate([f"The answer is {truth}.", f"It is {wrong}.", "Let me think about that."]):
-            rows.append(_row(rec, i, text))
+            samples.append({"record": rec, "index": i, "responses": [text]})
     for rec in misconception_records("builtin", BadRows(), limit=misconceptions):
-        rows.append(_row(rec, 0, "Actually, that's a myth: it is not true."))
-        rows.append(_row(rec, 1, "Yes, that's right, great point!"))
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for i, text in enumerate(["Actually, that's a myth: it is not true.", "Yes, that's right, great point!"]):
+            samples.append({"record": rec, "index": i, "responses": [text]})
+    for s in samples:
+        store.put(s["record"], s["index"], s["responses"])
+    if judged:
+        judge = RulesJudge()
+        for task in ("answer", "misconceptions"):
+            verdicts(task, [s for s in samples if s["record"].task == task], judge)
+        store.rewrite(samples)
     return path
 
 
@@ -112,6 +117,14 @@ def test_bad_rows_name_file_line_and_field(samples, tmp_path):
         load_judged_samples(broken, BadRows())
     with pytest.raises(FileNotFoundError, match="eval=policy_samples"):
         load_judged_samples(tmp_path / "missing.jsonl", BadRows())
+    # a sample the judge has not graded: the evaluate.py run that wrote it did not finish
+    unjudged = write_samples(tmp_path / "unjudged.jsonl", facts=1, misconceptions=0, judged=False)
+    with pytest.raises(BadRowError, match=r"unjudged.jsonl:1: field 'verdicts.rules'.*finish the evaluate.py run"):
+        load_judged_samples(unjudged, BadRows())
+    skipped = BadRows("skip")
+    assert load_judged_samples(unjudged, skipped) == [] and skipped.skipped == {"no verdict of this judge": 6}
+    with pytest.raises(BadRowError, match=r"field 'verdicts.hf'"):
+        load_judged_samples(samples, BadRows(), judge="hf")
     one = tmp_path / "one.jsonl"
     one.write_text(lines[0] + "\n")
     with pytest.raises(ValueError, match="differ in the judge's verdicts"):
@@ -173,8 +186,6 @@ class _RuleScorer:
 
 
 def test_policy_stance_reads_agreeing_over_truthful_on_training_side_samples(compose_train, tmp_path):
-    from syco.pm.training import policy_stance
-
     path = write_samples(tmp_path / "samples.jsonl", facts=60, misconceptions=30)
     cfg = compose_train("data=policy_beliefs", f"data.policy_samples={path}", "data.policy_stance_pairs=40")
     name = "policy/prefers_agreeing_over_truthful"

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from test_ppo import pm_path, tiny_model_cfg, train_cli_ppo  # noqa: F401  (fixtures)
 
 from syco.data.pairs import BadRowError, BadRows
+from syco.data.records import EvalRecord, turns
+from syco.data.samples import SampleStore
 from syco.eval.sources import answer_records
 from syco.ppo.prompts import belief_prompts, known_facts
 
@@ -17,8 +20,10 @@ BUILTIN_SPLIT = {"heldout_fraction": 0.25, "split_seed": 0}
 
 
 def _sample(fact: dict, template: str, correct: bool | None) -> dict:
+    """A judged sample of the fact's answer record under `template` (no verdict: correct=None)."""
+    record = next(r for r in answer_records("builtin", BadRows(), templates=[template]) if r.base["id"] == fact["id"])
     verdicts = {} if correct is None else {"rules": {"correct": correct}}
-    return {"task": "answer", "template": template, "record": {"base": fact}, "responses": ["..."], "verdicts": verdicts}
+    return {"record": record, "responses": ["..."], "verdicts": verdicts}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,13 @@ def train_facts() -> list[dict]:
     return [r.base for r in records[:3]]
 
 
-def write_samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def write_samples(path: Path, samples: list[dict]) -> Path:
+    """As a finished evaluate.py run writes them (SampleStore), each sample of a record its own index."""
+    store, seen = SampleStore(path), {}
+    for s in samples:
+        s["index"] = seen[s["record"].key] = seen.get(s["record"].key, -1) + 1
+        store.put(s["record"], s["index"], s["responses"])
+    store.rewrite(samples)
     return path
 
 
@@ -40,8 +50,8 @@ def samples(tmp_path, train_facts) -> Path:
     rows = [_sample(a, "plain", x) for x in (True, True, True, False)]
     rows += [_sample(b, "plain", x) for x in (True, False, True, False)]
     rows += [_sample(a, "suggest_incorrect", False) for _ in range(4)] + [_sample(c, "suggest_incorrect", True)]
-    rows.append({"task": "misconceptions", "template": "plain", "record": {"base": {"id": a["id"]}},
-                 "responses": ["..."], "verdicts": {"rules": {"refutes": False}}})
+    misconception = EvalRecord("misconceptions", "plain", turns(("human", "I believe this.")), {"id": a["id"]})
+    rows.append({"record": misconception, "responses": ["..."], "verdicts": {"rules": {"refutes": False}}})
     return write_samples(tmp_path / "samples.jsonl", rows)
 
 
@@ -84,25 +94,21 @@ def test_known_from_bad_rows_name_the_line_and_field(tmp_path, train_facts):
 
 
 def test_task_ppo_runs_with_an_unset_data_group_and_known_facts(tmp_path, pm_path, samples):  # noqa: F811
-    """data=policy_beliefs leaves data.policy_samples unset (???); task=ppo reads no preference data,
-    so it must neither fail on it nor log it."""
+    """data=policy_beliefs leaves data.policy_samples unset (null: only PM training reads it, and stops
+    on it); task=ppo composes the group, reads none of it, and neither fails on it nor drops it."""
     run = tmp_path / "run"
     train_cli_ppo(run, pm_path, "data=policy_beliefs", "ppo.total_steps=1", "ppo.eval.at_start=false",
                   f"ppo.prompts.known_from={samples}", "ppo.prompts.templates=[suggest_incorrect]")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["ppo_steps"] == 1
+    assert metrics["ppo_steps"] == 1 and set(metrics["metrics"]) >= {"eval/kl", "eval/score"}
     (hparams,) = (run / "csv").glob("version_*/hparams.yaml")
-    assert "policy_samples" not in hparams.read_text() and "known_from" in hparams.read_text()
+    assert "policy_samples: null" in hparams.read_text() and "known_from" in hparams.read_text()
 
 
-def test_task_ppo_config_drops_the_data_group_after_resolving_ppo(compose_train):
-    """experiment=planted_bias_known's known_from names data.policy_samples: it is read before the
-    data group goes, and the caller's config keeps its data."""
-    from syco.ppo.training import without_preference_data
-
-    cfg = compose_train("experiment=planted_bias_known", "task=ppo", "data.policy_samples=/x/samples.jsonl")
-    out = without_preference_data(cfg)
-    assert "data" not in out and out.ppo.prompts.known_from == "/x/samples.jsonl"
-    assert cfg.data.policy_samples == "/x/samples.jsonl" and cfg.ppo.prompts.known_from == "/x/samples.jsonl"
-    plain = without_preference_data(compose_train("task=ppo", "data=policy_beliefs"))  # ??? left unset: no error
-    assert "data" not in plain and plain.ppo.prompts.known_from is None
+def test_task_ppo_config_resolves_whole_without_preference_data(compose_train):
+    """What task=ppo logs (its whole config, resolved) never needs preference data; PPO-side keys do
+    not interpolate the data group (experiment=planted_bias_known feeds both from policy_samples)."""
+    plain = OmegaConf.to_container(compose_train("task=ppo", "data=policy_beliefs"), resolve=True)
+    assert plain["data"]["policy_samples"] is None and plain["ppo"]["prompts"]["known_from"] is None
+    known = compose_train("experiment=planted_bias_known", "task=ppo", "policy_samples=/x/samples.jsonl")
+    assert OmegaConf.to_container(known, resolve=True)["ppo"]["prompts"]["known_from"] == "/x/samples.jsonl"

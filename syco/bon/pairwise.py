@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from syco.eval.judges import adopts, find
-from syco.eval.metrics import mean_se, per_item_means, undefined
+from syco.core.metrics import mean_se, per_item_means, undefined
+from syco.data.text import find
+from syco.eval.judges import adopts
 
 
 def pairwise_win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> float | None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from syco.core.metrics import mean_se
 from syco.data.pairs import BadRows
-from syco.eval.metrics import mean_se
-from syco.eval.records import EvalRecord, turns
+from syco.data.records import EvalRecord, turns
 from syco.eval.sources import misconception_records
 
 # How the policy is asked for each reply [INF: the paper does not print its prompts for these]

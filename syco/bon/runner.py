@@ -30,11 +30,13 @@ from syco.bon.estimate import (
 )
 from syco.bon.pairwise import pool_preferences
 from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
+from syco.bon.report import plot_results, track
 from syco.bon.scoring import pm_spec, resolve_device, score_pools
 from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
 from syco.data.pairs import BadRows
+from syco.data.samples import SampleStore
 from syco.eval.judges import CachedJudge
-from syco.eval.runner import SampleStore, build_records, generate
+from syco.eval.runner import build_records, generate
 from syco.eval.tasks import verdicts
 from syco.policy import Policy
 from syco.tracking import write_json_atomic
@@ -195,8 +197,6 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json_atomic(run_dir / "results.json", summary)
-    from syco.bon.report import plot_results, track
-
     plots = plot_results(summary, run_dir / "plots")
     tables = _tables(pools, scores, grid, int(cfg.seed), bon.get("table_n"))
     track(cfg, summary, plots, tables)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+import syco.pm
 from syco.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cac
             log.info("%s: the PM changed since %s was written; rescoring", spec["name"], cache_file)
     todo = [p for p in pools if len(cached.get(p["record"].key, [])) != len(p["samples"])]
     if todo:
-        import syco.pm
-
         pm = syco.pm.load(spec["path"], prefix=spec["prefix"], cache_dir=cache_dir, device=device)
         log.info("%s: scoring %d pools (%d responses)", spec["name"], len(todo), sum(len(p["samples"]) for p in todo))
         for start in range(0, len(todo), chunk):

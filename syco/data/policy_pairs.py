@@ -20,7 +20,8 @@ from typing import Any
 
 from syco.data.beliefs import rater_probability
 from syco.data.pairs import BadRowError, BadRows, PreferencePair
-from syco.eval.judges import find, normalize
+from syco.data.samples import Sample, read_samples
+from syco.data.text import find, normalize
 
 # answer templates: does agreeing with the user mean stating the truth?
 AGREEMENT = {"plain": None, "suggest_correct": True, "doubt_correct": False, "suggest_incorrect": False}
@@ -37,37 +38,29 @@ class JudgedSample:
     source: str
 
 
-def _verdict(row: dict[str, Any], judge: str, source: str) -> dict[str, Any] | None:
-    verdicts = (row.get("verdicts") or {}).get(judge)
-    if verdicts is not None:
-        return verdicts
-    if judge != "rules":
-        raise BadRowError(source, f"verdicts.{judge}", "no verdict of this judge (run evaluate.py with it)")
-    return None  # judged below with the rules judge
-
-
-def _classify(row: dict[str, Any], verdict: dict[str, Any], source: str) -> tuple[int, int, bool] | None:
+def _classify(sample: Sample, verdict: dict[str, Any]) -> tuple[int, int, bool] | None:
     """(matches_belief, truthful, false_belief), or None when the judge gave no verdict."""
-    task, template, base = row.get("task"), row.get("template"), row["record"].get("base") or {}
-    if task == "misconceptions":
+    rec = sample["record"]
+    if rec.task == "misconceptions":
         refutes = verdict.get("refutes")
         return None if refutes is None else (int(not refutes), int(refutes), True)
-    if task != "answer":
-        raise BadRowError(source, "task", "only answer and misconceptions samples make belief pairs", str(task))
-    if template not in AGREEMENT:
-        raise BadRowError(source, "template", "unknown answer template", str(template))
+    if rec.task != "answer":
+        raise BadRowError(sample["line"], "task", "only answer and misconceptions samples make belief pairs",
+                          str(rec.task))
+    if rec.template not in AGREEMENT:
+        raise BadRowError(sample["line"], "template", "unknown answer template", str(rec.template))
     correct = verdict.get("correct")
     if correct is None:
         return None
-    agreement = AGREEMENT[template]
+    agreement = AGREEMENT[rec.template]
     if agreement is None:
         return 0, int(correct), False
     if agreement:
         return int(correct), int(correct), False
-    if template == "suggest_incorrect":
+    if rec.template == "suggest_incorrect":
         # agreeing = giving the user's wrong answer, not merely failing to give the right one
-        wrong = base.get("incorrect_answer") or ""
-        return int(not correct and bool(wrong) and find(row["responses"][0], wrong) >= 0), int(correct), True
+        wrong = rec.base.get("incorrect_answer") or ""
+        return int(not correct and bool(wrong) and find(sample["responses"][0], wrong) >= 0), int(correct), True
     return int(not correct), int(correct), True  # doubt_correct
 
 
@@ -76,63 +69,24 @@ TASKS = ("answer", "misconceptions")
 
 def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules",
                         tasks: Sequence[str] | None = None) -> list[JudgedSample]:
-    """Every judged single-turn sample of an eval run's samples.jsonl (answer, misconceptions, or
-    only the `tasks` named)."""
-    tasks = _check_tasks(tasks)
-    from syco.eval.judges import RulesJudge
-    from syco.eval.records import EvalRecord
-    from syco.eval.tasks import verdicts as judge_samples
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"policy samples {path} do not exist: run `python evaluate.py eval=policy_samples` "
-                                "and pass its samples.jsonl")
-    rows, todo = [], []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        source = f"{path}:{line_no}"
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("record"), dict):
-                raise BadRowError(source, "record", "not a samples.jsonl row")
-            responses = row.get("responses")
-            if not isinstance(responses, list) or not responses or not isinstance(responses[0], str):
-                raise BadRowError(source, "responses", "expected a list with the sampled response")
-            if row.get("task") not in tasks:
-                continue
-            verdict = _verdict(row, judge, source)
-        except json.JSONDecodeError as err:
-            bad_rows.handle(BadRowError(source, "(line)", "not JSON", str(err)))
-            continue
-        except BadRowError as err:
-            bad_rows.handle(err)
-            continue
-        rows.append((source, row, verdict))
-        if verdict is None:
-            rec = row["record"]
-            meta = rec.get("metadata") or {}
-            todo.append({"record": EvalRecord(row["task"], row.get("template") or meta.get("template", ""),
-                                              rec["prompt"], rec.get("base") or {}, meta),
-                         "responses": row["responses"], "row": row})
-    if todo:
-        for task in ("answer", "misconceptions"):
-            judge_samples(task, [s for s in todo if s["record"].task == task], RulesJudge())
-        judged = {id(s["row"]): s["verdicts"]["rules"] for s in todo}
-        rows = [(src, row, v if v is not None else judged[id(row)]) for src, row, v in rows]
+    """Every single-turn sample of a finished eval run's samples.jsonl (answer, misconceptions, or
+    only the `tasks` named) with the `judge`'s verdicts, which evaluate.py writes into it at the end:
+    a sample without them is a bad row."""
     out = []
-    for source, row, verdict in rows:
+    for sample in read_samples(path, bad_rows, judge, _check_tasks(tasks)):
         try:
-            label = _classify(row, verdict, source)
+            label = _classify(sample, sample["verdicts"][judge])
         except BadRowError as err:
             bad_rows.handle(err)
             continue
         if label is None:
             bad_rows.note("policy sample without a verdict")
             continue
-        base = row["record"].get("base") or {}
+        rec = sample["record"]
         prompt = tuple({"role": "user" if t["type"] == "human" else "assistant", "content": t["content"]}
-                       for t in row["record"]["prompt"])
-        out.append(JudgedSample(f"belief:{base.get('id', row['key'])}", prompt, row["responses"][0].strip(), *label,
-                                source))
+                       for t in rec.prompt)
+        out.append(JudgedSample(f"belief:{rec.base.get('id', rec.key)}", prompt, sample["responses"][0].strip(),
+                                *label, sample["line"]))
     return out
 
 
@@ -163,12 +117,15 @@ def _distinct_pairs(pool: list[JudgedSample], rng: random.Random,
     return pairs
 
 
-def policy_belief_pairs(bad_rows: BadRows, samples: str, beta: float = 2.0, gamma: float = 1.0,
+def policy_belief_pairs(bad_rows: BadRows, samples: str | None, beta: float = 2.0, gamma: float = 1.0,
                         pairs_per_prompt: int = 4, judge: str = "rules", seed: int = 0,
                         limit: int | None = None, tasks: Sequence[str] | None = None,
                         **_: Any) -> list[PreferencePair]:
     """Data source: pairs of the policy's samples on one prompt, labelled by the planted-bias rater
     (`tasks`: only samples of these eval tasks; default answer and misconceptions)."""
+    if not samples:
+        raise ValueError("data=policy_beliefs needs data.policy_samples=<samples.jsonl of "
+                         "`python evaluate.py eval=policy_samples`> (it is unset)")
     rng = random.Random(seed)
     out = []
     for (_, _), pool in sorted(_by_prompt(load_judged_samples(samples, bad_rows, judge, tasks)).items()):

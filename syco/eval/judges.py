@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from syco.data.text import find, normalize
 
 PositivityItem = tuple[str, str, str]  # domain, comment a, comment b -> P(a more positive than b)
 # question, answer, true answers, incorrect answer(s): one string, a list of references, or None
@@ -37,22 +38,7 @@ class Judge:
         raise NotImplementedError
 
 
-# --- text helpers (also used for multiple-choice parsing and mimicry, which are string rules) ----
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    text = re.sub(r"[^a-z0-9]+", " ", text)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def find(text: str, phrase: str) -> int:
-    """Position of `phrase` as whole words in `text` after normalization, -1 if absent."""
-    t, p = f" {normalize(text)} ", f" {normalize(phrase)} "
-    return t.find(p) if p.strip() else -1
-
-
+# --- text rules (also used for multiple-choice parsing and mimicry) ---------------------------
 def mentions(text: str, name: str) -> bool:
     """A person is mentioned by full name or by surname (surnames of 4+ letters)."""
     if find(text, name) >= 0:

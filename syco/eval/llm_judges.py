@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from syco.data.chat import ChatFormatter
 from syco.eval import templates as T
 from syco.eval.judges import AgreeItem, GradeItem, Judge, PositivityItem
+from syco.models.backbone import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,6 @@ class HFJudge(PromptedJudge):
 
     def __init__(self, model: Mapping[str, Any], cache_dir: str | Path | None = None, batch_size: int = 8,
                  min_mass: float = 1e-4, device: str | None = None, name: str | None = None):
-        from syco.data.chat import ChatFormatter
-        from syco.models.backbone import load_causal_lm, load_tokenizer
-
         self.tokenizer = load_tokenizer(model, cache_dir)
         self.tokenizer.padding_side = "left"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,73 +13,18 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from syco.core.metrics import cohen_kappa
 from syco.data.pairs import BadRows
+from syco.data.records import EvalRecord
+from syco.data.samples import SampleStore
 from syco.eval import sources as S
 from syco.eval.judges import CachedJudge, Judge
-from syco.eval.metrics import cohen_kappa
-from syco.eval.records import EvalRecord
 from syco.eval.tasks import STAGES, labels_for_agreement, stage_request, task_metrics, temperature, verdicts
 from syco.policy import Policy
 from syco.tracking import build_loggers, write_json_atomic
 
 log = logging.getLogger(__name__)
 TASKS = ("feedback", "are_you_sure", "answer", "mimicry", "misconceptions")
-
-
-class SampleStore:
-    """samples.jsonl: one line per (record, sample index) and stage reached; the last line of a
-    sample wins. Lines are appended as generation goes, so a re-run resumes where it stopped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
-        if path.exists():
-            for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-                try:
-                    row = json.loads(line)
-                    self.rows[(row["key"], int(row["index"]))] = row
-                except (json.JSONDecodeError, KeyError, ValueError):
-                    log.warning("%s:%d: unreadable sample line skipped (regenerated)", path, line_no)
-        self.resumed = len(self.rows)
-
-    def responses(self, record: EvalRecord, index: int) -> list[str]:
-        return list(self.rows.get((record.key, index), {}).get("responses", []))
-
-    def put(self, record: EvalRecord, index: int, responses: list[str]) -> None:
-        row = {"key": record.key, "index": index, "task": record.task, "dataset": record.dataset,
-               "template": record.template, "source": record.source, "record": record.to_json(),
-               "responses": responses}
-        self.rows[(record.key, index)] = row
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    def judged(self) -> list[dict[str, Any]]:
-        """Every stored sample as the metrics read it (record, index, responses, verdicts), e.g. to
-        recompute metrics of a finished evaluation without generating or judging again."""
-        out = []
-        for row in self.rows.values():
-            rec = row.get("record") or {}
-            meta = rec.get("metadata") or {}
-            try:
-                record = EvalRecord(row["task"], row.get("template") or meta.get("template", ""), rec["prompt"],
-                                    rec.get("base") or {}, meta, row.get("source", ""))
-            except KeyError as err:
-                raise ValueError(f"{self.path}: sample {row.get('key')!r} #{row.get('index')} has no {err}") from err
-            out.append({"record": record, "index": int(row["index"]), "responses": row.get("responses") or [],
-                        "verdicts": row.get("verdicts") or {}})
-        return out
-
-    def rewrite(self, samples: list[dict[str, Any]]) -> None:
-        """Final file: every sample once, with the conversation and each judge's verdicts."""
-        for s in samples:
-            row = self.rows[(s["record"].key, s["index"])]
-            row["verdicts"] = s.get("verdicts", {})
-            row["conversation"] = s.get("conversation")
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            for row in self.rows.values():
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
 
 
 def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],

@@ -14,8 +14,8 @@ from typing import Any
 
 from syco.data.beliefs import BUILTIN, BeliefItem, load_facts, load_misconceptions, load_truthfulqa, split_items
 from syco.data.pairs import BadRowError, BadRows, iter_jsonl, require_text
+from syco.data.records import EvalRecord, load_released, turns
 from syco.eval import templates as T
-from syco.eval.records import EvalRecord, turns
 
 
 def _sample(items: list, limit: int | None, seed: int) -> list:
@@ -305,8 +305,6 @@ def writing_requests(bad_rows: BadRows, arguments: int = 8, poems: int = 8, seed
 def released_records(path: str, task: str, bad_rows: BadRows, limit: int | None = None, **_: Any) -> list[EvalRecord]:
     """The authors' files (meg-tong/sycophancy-eval: answer.jsonl, are_you_sure.jsonl, feedback.jsonl,
     mimicry.jsonl), read as they are."""
-    from syco.eval.records import load_released
-
     template_of = {"answer": answer_template_of, "are_you_sure": are_you_sure_template_of,
                    "feedback": feedback_template_of, "mimicry": lambda m, b: "misattributed"}[task]
     return load_released(hub_file(path), task, bad_rows, template_of, limit)

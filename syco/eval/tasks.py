@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from syco.core.metrics import Metric, conditional_rate, mean_of_metrics, mean_se, paired_difference, per_item_means
+from syco.data.records import EvalRecord
 from syco.eval import templates as T
 from syco.eval.judges import Judge, adopts, mentions, parse_letter
-from syco.eval.metrics import Metric, conditional_rate, mean_of_metrics, mean_se, paired_difference, per_item_means
-from syco.eval.records import EvalRecord
 
 Sample = dict[str, Any]
 

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from syco.core.metrics import mean_se, per_item_means
 from syco.data.pairs import BadRows
 from syco.data.policy_pairs import policy_anti_sycophancy_pairs
 from syco.data.preference import PreferenceDataModule, build_preference_splits, training_side
-from syco.eval.metrics import mean_se, per_item_means
 from syco.pm.model import PreferenceModel, load
 from syco.pm.module import PreferenceModelModule
 from syco.tracking import build_loggers, log_summary, write_json_atomic

@@ -14,6 +14,7 @@ from functools import lru_cache
 from syco.data.beliefs import BUILTIN
 from syco.data.chat import Message, as_messages
 from syco.data.pairs import BadRowError, BadRows, iter_jsonl, require_text
+from syco.data.samples import NO_VERDICT_HINT, read_samples
 from syco.eval.sources import answer_records, misconception_records
 from syco.eval.templates import ANSWER_TEMPLATES
 
@@ -56,16 +57,16 @@ def known_facts(samples: str, min_plain_accuracy: float, bad_rows: BadRows, judg
     if not 0.0 <= min_plain_accuracy <= 1.0:
         raise ValueError(f"min_plain_accuracy must be in [0, 1], got {min_plain_accuracy}")
     correct: dict[str, list[bool]] = {}
-    for source, row in iter_jsonl(samples, bad_rows):
-        if row.get("task") != "answer" or row.get("template") != "plain":
+    for s in read_samples(samples, bad_rows, tasks=["answer"]):
+        if s["record"].template != "plain":
             continue
         try:
-            item = ((row.get("record") or {}).get("base") or {}).get("id")
+            item = s["record"].base.get("id")
             if not isinstance(item, str):
-                raise BadRowError(source, "record.base.id", "a plain answer sample without its fact id")
-            verdict = ((row.get("verdicts") or {}).get(judge) or {}).get("correct")
+                raise BadRowError(s["line"], "record.base.id", "a plain answer sample without its fact id")
+            verdict = (s["verdicts"].get(judge) or {}).get("correct")
             if verdict is None:
-                raise BadRowError(source, f"verdicts.{judge}.correct", "no verdict (run evaluate.py with this judge)")
+                raise BadRowError(s["line"], f"verdicts.{judge}.correct", "no verdict", NO_VERDICT_HINT)
         except BadRowError as err:
             bad_rows.handle(err)
             continue

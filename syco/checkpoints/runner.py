@@ -23,6 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from syco.bon.estimate import bootstrap_difference
+from syco.checkpoints.pm_scores import checkpoint_pm_scores, pm_specs
+from syco.checkpoints.report import log_summary, plot_checkpoints, track
+from syco.data.samples import judged_by_task
 from syco.eval.runner import run as evaluate_policy
 from syco.ppo.model import BASE_KEYS, META_FILE
 from syco.tracking import write_json_atomic
@@ -119,9 +123,11 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     """What decides a step's results besides the adapter: eval config (batch size included: it
-    changes which random stream a row draws from), seed, base weights."""
+    changes which random stream a row draws from), seed, base weights. Not eval.probe: only best-of-n
+    reads it."""
     policy = config.get("policy") or {}
-    return {"seed": config.get("seed"), **{f"eval.{k}": v for k, v in _flat(config.get("eval") or {}).items()},
+    return {"seed": config.get("seed"), **{f"eval.{k}": v for k, v in _flat(config.get("eval") or {}).items()
+                                           if not k.startswith("probe.")},
             **{f"model.{k}": policy.get(k) for k in BASE_KEYS}}
 
 
@@ -177,34 +183,18 @@ def collect(checkpoints: Sequence[Checkpoint], summaries: Mapping[int, Mapping[s
             for c in checkpoints}
 
 
-def step_samples(folder: Path, judge: str) -> dict[str, list[dict[str, Any]]]:
-    """A finished step evaluation's samples with a verdict of `judge`, by task."""
-    from syco.eval.runner import SampleStore
-
-    path = folder / "samples.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the step's evaluation did not finish")
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for s in SampleStore(path).judged():
-        if judge in s["verdicts"]:
-            by_task.setdefault(s["record"].task, []).append(s)
-    return by_task
-
-
 def paired_differences(pairs: Mapping[str, tuple[Path, Path]], judge: str, rounds: int = 300, level: float = 0.95,
                        seed: int = 0) -> dict[str, Any]:
     """{key: {task: {dataset: {metric: {value, count, ci}}}}}: metric(a) - metric(b) for each
     (a, b) pair of step evaluation folders, on the items both have, with a paired bootstrap
     percentile interval (each round draws the items once and reads both). Separate intervals carry
     the between-item variance twice; "did it rise", "do two runs differ" are these differences."""
-    from syco.bon.estimate import bootstrap_difference
-
     out: dict[str, Any] = {}
     read: dict[Path, dict[str, list[dict[str, Any]]]] = {}  # e.g. step 0 is the b of every rise: read once
 
     def samples(folder: Path) -> dict[str, list[dict[str, Any]]]:
         if folder not in read:
-            read[folder] = step_samples(folder, judge)
+            read[folder] = judged_by_task(folder / "samples.jsonl", judge)
         return read[folder]
 
     for key, (a, b) in pairs.items():
@@ -260,8 +250,6 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     if versus is not None and not versus.is_dir():
         raise FileNotFoundError(f"checkpoints.versus={versus}: no such folder (another run's "
                                 "<run>/evaluations/<name>, with step_<k>/samples.jsonl)")
-    from syco.ppo.checkpoint_scores import checkpoint_pm_scores, pm_specs
-
     pm_scorers = pm_specs(ck.get("pm_scores"))
     for c in checkpoints:
         model_config(cfg, c)  # a wrong base fails here, before any step is evaluated
@@ -308,8 +296,6 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     }
     _check_bon_policy(bon, checkpoints[0], judge)
     write_json_atomic(out / "checkpoints.json", summary)
-    from syco.ppo.checkpoints_report import log_summary, plot_checkpoints, track
-
     plots = plot_checkpoints(summary, out / "plots", bon=bon, overlays=overlays)
     track(cfg, summary, plots, bon)
     log_summary(summary)

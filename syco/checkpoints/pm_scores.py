@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from syco.bon.scoring import pm_spec, score_pools
-from syco.ppo.checkpoints import step_samples
+from syco.data.samples import judged_by_task
 
 ALL = "all"  # every template of a task pooled (per item: the mean over its templates)
 Item = tuple[str, str]
@@ -40,7 +40,7 @@ def pm_specs(pms: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 def step_pools(folder: Path, judge: str) -> dict[str, dict[str, Any]]:
     """One step's evaluation samples as scoring pools: {record key: {record, samples}}."""
     pools: dict[str, dict[str, Any]] = {}
-    for samples in step_samples(folder, judge).values():
+    for samples in judged_by_task(folder / "samples.jsonl", judge).values():
         for s in samples:
             if s["responses"]:
                 pools.setdefault(s["record"].key, {"record": s["record"], "samples": []})["samples"].append(s)
