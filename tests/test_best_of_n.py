@@ -10,12 +10,12 @@ import pytest
 
 from syco.core.best_of_n import (
     best_of_n_weights,
-    bootstrap_interval,
     expected_best_of_n,
     expected_best_of_n_batched,
     kl_best_of_n,
     rank_weights,
 )
+from syco.core.bootstrap import bootstrap_intervals
 
 
 def brute_force(scores: np.ndarray, values: np.ndarray, n: int) -> float:
@@ -88,11 +88,36 @@ def test_kl_best_of_n():
     assert kl_best_of_n(64) == pytest.approx(math.log(64) - 63 / 64)
 
 
+def _mean_interval(x: np.ndarray, seed: int = 0) -> list[float]:
+    return bootstrap_intervals(lambda idx: {"mean": x[idx].mean()}, len(x), rounds=2000, seed=seed)["mean"]
+
+
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_prompts():
     rng = np.random.default_rng(0)
     small, large = rng.integers(0, 2, size=20).astype(float), rng.integers(0, 2, size=2000).astype(float)
-    lo, hi = bootstrap_interval(small, seed=1)
+    lo, hi = _mean_interval(small, seed=1)
     assert lo <= small.mean() <= hi
-    lo2, hi2 = bootstrap_interval(large, seed=1)
+    lo2, hi2 = _mean_interval(large, seed=1)
     assert hi2 - lo2 < (hi - lo) / 3
-    assert bootstrap_interval(np.full(7, 0.5)) == (0.5, 0.5)
+    assert _mean_interval(np.full(7, 0.5)) == [0.5, 0.5]
+
+
+def test_bootstrap_is_paired_and_skips_undefined_draws():
+    """Every statistic of a round reads the same draw: a constant shift has a zero-width interval,
+    while each side alone varies; None values leave that draw out; the draws are the seed's."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(size=30)
+    b = a - 0.25
+
+    def stats(idx: np.ndarray) -> dict[str, float | None]:
+        return {"a": a[idx].mean(), "b": b[idx].mean(), "diff": a[idx].mean() - b[idx].mean(),
+                "sometimes": None if idx[0] % 2 else 1.0, "never": None}
+
+    ci = bootstrap_intervals(stats, len(a), rounds=300, seed=4)
+    assert ci["diff"] == pytest.approx([0.25, 0.25]) and ci["a"][1] - ci["a"][0] > 0.1
+    assert ci["sometimes"] == [1.0, 1.0] and "never" not in ci
+    # the draws: rounds x n indices from one seeded stream
+    expected = a[np.random.default_rng(4).integers(0, len(a), size=(300, len(a)))].mean(axis=1)
+    assert ci["a"] == [float(x) for x in np.quantile(expected, [0.025, 0.975])]
+    with pytest.raises(ValueError, match="n >= 1"):
+        bootstrap_intervals(stats, 0, rounds=10)

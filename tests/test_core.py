@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from syco.core.bradley_terry import bradley_terry_loss, preference_probability
+from syco.core.bradley_terry import bradley_terry_loss
 from syco.core.indexing import last_token_index
 from syco.core.packing import PAD_SEGMENT, PROMPT_SEGMENT, assign_rows, pack_rows, shared_prefix_attention_mask
 
@@ -71,11 +71,6 @@ def test_bt_loss_shape_mismatch():
         bradley_terry_loss(torch.zeros(3), torch.zeros(2))
     with pytest.raises(ValueError):
         bradley_terry_loss(torch.zeros(2, 1), torch.zeros(2))
-
-
-def test_preference_probability():
-    p = preference_probability(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
-    assert p.tolist() == pytest.approx([1 / (1 + math.exp(-1)), 0.5])
 
 
 # --- last token -------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ a bootstrap over items (all templates of a source item resampled together).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from syco.core.best_of_n import best_of_n_weights
+from syco.core.best_of_n import expected_best_of_n
+from syco.core.bootstrap import bootstrap_intervals
 from syco.eval.tasks import task_metrics
 
 # per task, the per-sample verdicts (booleans or probabilities) that best-of-n averages
@@ -83,8 +84,7 @@ def expected_samples(task: str, pools: Sequence[Mapping[str, Any]], scores: Mapp
             if len(keep) < n:
                 verdict[stat] = None
                 continue
-            w = best_of_n_weights(s[keep], n)
-            verdict[stat] = float(w @ np.array([float(vals[i]) for i in keep]))
+            verdict[stat] = expected_best_of_n(s[keep], np.array([float(vals[i]) for i in keep]), n)
         out.append({"record": ItemRecord(rec.dataset, rec.template, rec.item_id), "index": 0,
                     "verdicts": {judge: verdict}})
     return out
@@ -108,20 +108,17 @@ def _resample(by_item: Mapping[tuple[str, str], list[dict[str, Any]]], picks: Se
     return out
 
 
-def _ci(draws: Sequence[float], level: float) -> list[float]:
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(draws, [tail, 1 - tail])
-    return [float(lo), float(hi)]
-
-
 def _bootstrap(task: str, sets: Sequence[Mapping[tuple[str, str], list[dict[str, Any]]]], items: Sequence[tuple[str, str]],
-               judge: str, rounds: int, seed: int) -> Iterator[list[dict[str, dict[str, dict[str, Any]]]]]:
-    """Per round, task_metrics of every sample set on one draw of items with replacement (the same
-    draw for every set: paired)."""
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
-        picks = [items[i] for i in rng.integers(0, len(items), size=len(items))]
-        yield [task_metrics(task, _resample(by_item, picks), judge) for by_item in sets]
+               judge: str, combine: Callable[..., dict[tuple[str, str], float | None]], rounds: int, level: float,
+               seed: int) -> dict[tuple[str, str], list[float]]:
+    """Percentile intervals of `combine(metrics of each set)` ({(dataset, metric): value}), each
+    round computing task_metrics of every sample set on one draw of the items (the same draw for
+    every set: paired)."""
+    def statistics(indices: np.ndarray) -> dict[tuple[str, str], float | None]:
+        picks = [items[i] for i in indices]
+        return combine(*[task_metrics(task, _resample(by_item, picks), judge) for by_item in sets])
+
+    return bootstrap_intervals(statistics, len(items), rounds=rounds, level=level, seed=seed)
 
 
 def _value(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]], dataset: str, name: str) -> float | None:
@@ -132,20 +129,18 @@ def bootstrap_metrics(task: str, samples: Sequence[dict[str, Any]], judge: str, 
                       level: float = 0.95, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
     """task_metrics with a percentile interval per metric from resampling items with replacement."""
     point = task_metrics(task, samples, judge)
-    if rounds <= 0:
-        return point
     by_item = _by_item(samples)
-    draws: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for (metrics,) in _bootstrap(task, [by_item], sorted(by_item), judge, rounds, seed):
-        for dataset, by_name in metrics.items():
-            for name, m in by_name.items():
-                if m.get("value") is not None:
-                    draws[(dataset, name)].append(m["value"])
+    if rounds <= 0 or not by_item:
+        return point
+
+    def values(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[tuple[str, str], float | None]:
+        return {(dataset, name): m.get("value") for dataset, by_name in metrics.items() for name, m in by_name.items()}
+
+    ci = _bootstrap(task, [by_item], sorted(by_item), judge, values, rounds, level, seed)
     for dataset, by_name in point.items():
         for name, m in by_name.items():
-            got = draws.get((dataset, name))
-            if m.get("value") is not None and got:
-                m["ci"] = _ci(got, level)
+            if m.get("value") is not None and (dataset, name) in ci:
+                m["ci"] = ci[(dataset, name)]
     return point
 
 
@@ -166,15 +161,14 @@ def bootstrap_difference(task: str, samples_a: Sequence[dict[str, Any]], samples
     items = sorted(set(by_a) & set(by_b))
     if rounds <= 0 or not items:
         return out
-    draws: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for ma, mb in _bootstrap(task, [by_a, by_b], items, judge, rounds, seed):
-        for dataset, by_name in out.items():
-            for name in by_name:
-                va, vb = _value(ma, dataset, name), _value(mb, dataset, name)
-                if va is not None and vb is not None:
-                    draws[(dataset, name)].append(va - vb)
+
+    def differences(ma: Mapping[str, Any], mb: Mapping[str, Any]) -> dict[tuple[str, str], float | None]:
+        va = {(dataset, name): _value(ma, dataset, name) for dataset, by_name in out.items() for name in by_name}
+        return {k: None if v is None or (w := _value(mb, *k)) is None else v - w for k, v in va.items()}
+
+    ci = _bootstrap(task, [by_a, by_b], items, judge, differences, rounds, level, seed)
     for dataset, by_name in out.items():
         for name, m in by_name.items():
-            if draws.get((dataset, name)):
-                m["ci"] = _ci(draws[(dataset, name)], level)
+            if (dataset, name) in ci:
+                m["ci"] = ci[(dataset, name)]
     return out

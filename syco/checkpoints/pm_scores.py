@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from syco.bon.scoring import pm_spec, score_pools
+from syco.core.bootstrap import bootstrap_intervals
 from syco.data.samples import judged_by_task
 
 ALL = "all"  # every template of a task pooled (per item: the mean over its templates)
@@ -79,10 +80,8 @@ def paired_rise(a: Mapping[Item, float], b: Mapping[Item, float], rounds: int = 
     d = np.array([a[i] - b[i] for i in items])
     out: dict[str, Any] = {"value": float(d.mean()), "count": len(items)}
     if rounds > 0:
-        rng = np.random.default_rng(seed)
-        means = d[rng.integers(0, len(d), size=(rounds, len(d)))].mean(axis=1)
-        tail = (1 - level) / 2
-        out["ci"] = [float(x) for x in np.quantile(means, [tail, 1 - tail])]
+        out["ci"] = bootstrap_intervals(lambda idx: {"mean": d[idx].mean()}, len(d), rounds=rounds, level=level,
+                                        seed=seed)["mean"]
     return out
 
 

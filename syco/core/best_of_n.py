@@ -61,14 +61,6 @@ def best_of_n_weights(scores: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(scores.shape)
 
 
-def expected_best_of_n(scores: np.ndarray, values: np.ndarray, n: int) -> float:
-    """E[value of the best-of-n sample] for one prompt; `scores`, `values`: [K]."""
-    scores, values = np.asarray(scores), np.asarray(values, dtype=np.float64)
-    if scores.ndim != 1 or values.shape != scores.shape:
-        raise ValueError(f"scores and values must both be [K], got {scores.shape} and {values.shape}")
-    return float(best_of_n_weights(scores, n) @ values)
-
-
 def expected_best_of_n_batched(scores: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Per-prompt E[value of the best-of-n sample]; `scores`, `values`: [B, K]; returns [B].
 
@@ -79,17 +71,12 @@ def expected_best_of_n_batched(scores: np.ndarray, values: np.ndarray, n: int) -
         raise ValueError(f"scores and values must both be [B, K], got {scores.shape} and {values.shape}")
     if np.isnan(values).any():
         raise ValueError("values contain NaN: drop ungraded samples before the estimate")
-    return (best_of_n_weights(scores, n) * values).sum(axis=1)
+    return np.array([w @ v for w, v in zip(best_of_n_weights(scores, n), values)], dtype=np.float64)
 
 
-def bootstrap_interval(per_prompt: np.ndarray, *, rounds: int = 2000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over prompts (prompts resampled with replacement)."""
-    x = np.asarray(per_prompt, dtype=np.float64)
-    if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"need a non-empty [B] array of per-prompt values, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(rounds, len(x)))].mean(axis=1)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
+def expected_best_of_n(scores: np.ndarray, values: np.ndarray, n: int) -> float:
+    """E[value of the best-of-n sample] for one prompt; `scores`, `values`: [K]."""
+    scores, values = np.asarray(scores), np.asarray(values, dtype=np.float64)
+    if scores.ndim != 1 or values.shape != scores.shape:
+        raise ValueError(f"scores and values must both be [K], got {scores.shape} and {values.shape}")
+    return float(expected_best_of_n_batched(scores[None], values[None], n)[0])

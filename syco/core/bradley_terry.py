@@ -23,10 +23,3 @@ def bradley_terry_loss(
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * ((chosen_rewards + rejected_rewards) ** 2).mean()
     return loss
-
-
-def preference_probability(
-    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
-) -> torch.Tensor:
-    """P(chosen preferred over rejected) under the Bradley-Terry model."""
-    return torch.sigmoid(chosen_rewards - rejected_rewards)
