@@ -150,6 +150,19 @@ def test_pack_last_index_points_at_last_response_token():
                 assert b.segment_ids[row, pos].item() == i + 1
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pack_reads_each_response_at_its_last_token(side):
+    """The PM reads a response's score where last_token_index puts it: the last of its own tokens."""
+    groups = [([1, 2], [[3, 4], [5]]), ([6], [[7, 8, 9]]), ([1], [[2]])]
+    b = pack_rows(groups, 0, side, row_capacity=None)
+    for g, (_, responses) in enumerate(groups):
+        row = b.group_row[g]
+        for k, response in enumerate(responses):
+            own = (b.segment_ids[row] == k + 1) & (b.group_ids[row] == g)
+            assert b.last_index[g, k] == last_token_index(own[None])[0]
+            assert b.input_ids[row, b.last_index[g, k]] == response[-1]
+
+
 def test_pack_uneven_response_counts():
     b = pack_rows([([1], [[2], [3], [4]]), ([5, 6], [[7]])], pad_token_id=99)
     assert b.input_ids.tolist() == [[1, 2, 3, 4], [5, 6, 7, 99]]

@@ -1,4 +1,5 @@
-"""Where to read a reward: the last real token of each sequence or packed segment."""
+"""Where to read a reward: the last real token of each sequence or packed segment (the PM reads its
+score there, through the packing; PPO places the sequence score there)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from syco.core.indexing import last_token_index
+
 PAD_SEGMENT = -1
 PROMPT_SEGMENT = 0
 
@@ -131,7 +133,6 @@ def pack_rows(groups: Sequence[Group], pad_token_id: int, padding_side: str = "r
                 ids.extend(resp)
                 pos.extend(range(p, p + len(resp)))
                 seg.extend([k + 1] * len(resp))
-                last_index[g, k] = cursor + len(ids) - 1
                 response_lengths[g, k] = len(resp)
             span = slice(cursor, cursor + len(ids))
             input_ids[r, span] = torch.tensor(ids)
@@ -140,5 +141,10 @@ def pack_rows(groups: Sequence[Group], pad_token_id: int, padding_side: str = "r
             group_ids[r, span] = g
             group_row[g] = r
             cursor += len(ids)
+    # each response's last token: the last position of its own (group, segment) mask in its row
+    g_idx, k_idx = (response_lengths > 0).nonzero(as_tuple=True)
+    rows = group_row[g_idx]
+    own = (group_ids[rows] == g_idx[:, None]) & (segment_ids[rows] == (k_idx + 1)[:, None])
+    last_index[g_idx, k_idx] = last_token_index(own)
     return PackedBatch(input_ids, position_ids, segment_ids, last_index, response_lengths, sum(lengths),
                        group_ids, group_row)

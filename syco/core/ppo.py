@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from syco.core.advantages import masked_mean
+from syco.core.indexing import last_token_index
 
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -16,9 +17,7 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
     if not (m.sum(1) > 0).all():
         raise ValueError("a response has no tokens")
     rewards = -kl_coef * kl * m
-    positions = torch.arange(m.shape[1], device=m.device).expand_as(m)
-    last = torch.where(m > 0, positions, -1).max(dim=1).values
-    rewards[torch.arange(m.shape[0], device=m.device), last] += scores.to(kl.dtype)
+    rewards[torch.arange(m.shape[0], device=m.device), last_token_index(m)] += scores.to(kl.dtype)
     return rewards
 
 
