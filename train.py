@@ -1,25 +1,37 @@
 """Train: `python train.py [task=pm] model=... pm=standard|nonsyco|nonsyco_prompted data=... trainer=... logger=...`,
-`python train.py task=ppo pm.path=<exported PM> ...` or `python train.py task=rlhf pm=standard|nonsyco ...`.
+`python train.py task=ppo ppo.pm=<exported PM> ...` or `python train.py task=rlhf pm=standard|nonsyco ...`.
 
-Composes the Hydra config (conf/train.yaml), then runs the task's entry point.
+Composes the Hydra config (conf/train.yaml), runs the task's entry point, and returns the task's
+`task.objective` metric to a sweeper.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
 
+def objective_value(result: Mapping[str, Any] | None, objective: str | None) -> float | None:
+    """`result["metrics"][objective]["value"]`: what a sweep optimizes (None when no objective is set)."""
+    if not objective:
+        return None
+    metrics = (result or {}).get("metrics") or {}
+    if objective not in metrics:
+        raise KeyError(f"task.objective={objective!r} is not among the metrics this task reports "
+                       f"({sorted(metrics) or 'none'}): set task.objective to one of them, or null")
+    return metrics[objective].get("value")
+
+
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.getLogger(__name__).info("task=%s run_dir=%s", cfg.task.name, cfg.run_dir)
     result = get_method(cfg.task.entry)(cfg)
-    # a sweep's objective for Hydra optimizers: held-out accuracy when the task reports it
-    metric = (result or {}).get("metrics", {}).get("heldout/accuracy", {})
-    return metric.get("value")
+    return objective_value(result, cfg.task.get("objective"))
 
 
 if __name__ == "__main__":

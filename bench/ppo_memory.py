@@ -57,7 +57,7 @@ def run_ppo(args: argparse.Namespace, run_dir: Path) -> dict:
 
     from syco.ppo.training import Steps, build, trainer_for
 
-    cfg = compose(args, run_dir, "task=ppo", f"pm.path={args.pm_path}", f"ppo.total_steps={args.ppo_steps}",
+    cfg = compose(args, run_dir, "task=ppo", f"ppo.pm={args.pm_path}", f"ppo.total_steps={args.ppo_steps}",
                   f"ppo.batch_size={args.batch_size}", f"ppo.mini_batch_size={args.mini_batch_size}",
                   f"ppo.max_new_tokens={args.max_new_tokens}", "ppo.eval.at_start=false",
                   "ppo.eval_prompts.limit=2", f"ppo.pm_on_policy_base={'false' if args.pm_separate else 'auto'}")

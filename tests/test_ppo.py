@@ -52,7 +52,7 @@ def pm_path(tmp_path_factory, tiny_model_cfg) -> Path:
 
 
 def ppo_cfg(tmp_path: Path, pm_path: Path, *overrides: str):
-    return compose_config("train", ["task=ppo", "model=tiny", f"pm.path={pm_path}", f"run_dir={tmp_path / 'run'}",
+    return compose_config("train", ["task=ppo", "model=tiny", f"ppo.pm={pm_path}", f"run_dir={tmp_path / 'run'}",
                                     f"shared_data={SHARED_DATA}", *SMALL, *overrides])
 
 
@@ -71,7 +71,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 def built(tmp_path_factory, pm_path):
     """A PPO module that tests only read (no training)."""
     cfg = ppo_cfg(tmp_path_factory.mktemp("built"), pm_path)
-    module, ppo = build(cfg, pm_path)
+    module, ppo = build(cfg)
     return module
 
 
@@ -163,7 +163,7 @@ def test_reward_shaping_and_running_moments():
 # --- one PPO step ---------------------------------------------------------------------------------
 def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_path, pm_path):
     cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1", "ppo.ppo_epochs=2", "ppo.eval.at_start=false")
-    module, ppo = build(cfg, pm_path)
+    module, ppo = build(cfg)
     ac = module.ac
     policy_before = {i: p.detach().clone() for i, p in enumerate(ac.parameters_of(POLICY))}
     value_before = {i: p.detach().clone() for i, p in enumerate(ac.parameters_of(VALUE))}
@@ -214,7 +214,7 @@ def test_samples_per_prompt_with_a_prompt_baseline(tmp_path, pm_path, monkeypatc
     score PPO turns into token rewards is the shaped score minus the mean of the prompt's other samples."""
     cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1", "ppo.eval.at_start=false", "ppo.samples_per_prompt=2",
                   "ppo.reward.baseline=prompt")
-    module, ppo = build(cfg, pm_path)
+    module, ppo = build(cfg)
     seen: dict[str, object] = {}
     rollout, scores, token_rewards = module.rollout, module.scores, ppo_module.token_rewards
 
@@ -252,7 +252,7 @@ def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
     over = ["ppo.kl.adaptive=true", "ppo.kl.coef=0.2", "ppo.kl.target=1.0", "ppo.kl.horizon=100",
             "ppo.eval.at_start=false", "ppo.eval.every=5"]
     cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=2", *over)
-    module, ppo = build(cfg, pm_path)
+    module, ppo = build(cfg)
     fit(module, cfg, ppo)
     # step 1: KL 0 -> error clipped to -0.2; step 2: the logged KL of step 2
     coef = 0.2 * (1 - 0.2 * 4 / 100)
@@ -334,7 +334,7 @@ def test_prompt_sources_split_and_step_batches():
 @pytest.mark.parametrize("task", ["ppo", "rlhf"])
 def test_task_configs_compose(compose_train, task):
     cfg = OmegaConf.to_container(compose_train(f"task={task}"), resolve=True)
-    assert cfg["task"]["name"] == task and cfg["pm"]["path"] is None
+    assert cfg["task"]["name"] == task and cfg["ppo"]["pm"] is None
     ppo = PPOConfig.from_mapping(cfg["ppo"])
     assert ppo.kl.estimator in ("k1", "k3") and ppo.optimizer_steps_per_rollout >= 1
     assert cfg["ppo"]["prompts"]["side"] == "train" and cfg["ppo"]["eval_prompts"]["side"] == "heldout"
@@ -347,7 +347,7 @@ def test_task_configs_compose(compose_train, task):
 # --- end to end -----------------------------------------------------------------------------------
 def train_cli_ppo(run: Path, pm_path: Path, *overrides: str) -> None:
     """`python train.py task=ppo model=tiny` with SMALL and `overrides` (later ones win), into `run`."""
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"pm.path={pm_path}",
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run}", "task=ppo", "model=tiny", f"ppo.pm={pm_path}",
            *SMALL, *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)

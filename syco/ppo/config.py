@@ -1,4 +1,4 @@
-"""PPO hyperparameters (the `ppo:` block of conf/task/ppo.yaml), checked once at start."""
+"""PPO hyperparameters (the `ppo` group, conf/ppo/default.yaml), checked once at start."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ class PPOConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     init_adapter: str | None = None  # start from a trained policy adapter; reference = frozen copy of it
+    pm: str | None = None  # the exported PM optimized against (task=ppo: required; task=rlhf: the PM it trained)
     gold_pm: str | None = None  # the other PM, scored beside the optimized one on the eval prompts
     pm_on_policy_base: str = "auto"  # auto | true | false: load PMs as adapters of the policy's base
     lora: dict[str, Any] = field(default_factory=dict)  # overrides of model.lora for policy and value

@@ -1,5 +1,5 @@
 """`train.py task=rlhf pm=standard|nonsyco`: train the PM of that variant (or reuse one trained
-with the same resolved config), then run PPO against it.
+with the same resolved config), then run PPO against it (ppo.pm set to that PM).
 
 The PM stage is `task=pm` run into <run_dir>/pm (its export: <run_dir>/pm/pm). Exports are also
 kept in `rlhf.pm_cache/<key>/pm`, where key hashes the resolved model, PM, data, optimizer, seed
@@ -34,11 +34,9 @@ TRAINER_KEYS = ("max_epochs", "max_steps", "precision", "accumulate_grad_batches
 
 def pm_cache_key(cfg: DictConfig) -> str:
     """Hash of everything that decides the trained PM's weights."""
-    pm = OmegaConf.to_container(cfg.pm, resolve=True)
-    pm.pop("path", None)
     keyed = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "pm": pm,
+        "pm": OmegaConf.to_container(cfg.pm, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
         "trainer": {k: cfg.trainer.get(k) for k in TRAINER_KEYS},
@@ -103,8 +101,13 @@ def _rank() -> int:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.ppo.get("pm"):
+        raise ValueError(f"task=rlhf optimizes against the PM it trains: drop ppo.pm={cfg.ppo.pm} "
+                         "(or run task=ppo against that PM)")
     pm_path, info = ensure_pm(cfg)
     pm_metrics = pm_path.parent / "metrics.json"  # the PM stage's held-out accuracy, syco rate, ...
     if pm_metrics.is_file():
         info["metrics"] = json.loads(pm_metrics.read_text()).get("metrics")
-    return run_ppo(cfg, pm_path, extra={"pm_stage": info})
+    ppo_cfg = copy.deepcopy(cfg)
+    OmegaConf.update(ppo_cfg, "ppo.pm", str(pm_path))  # the PPO target, as a task=ppo run would name it
+    return run_ppo(ppo_cfg, extra={"pm_stage": info})

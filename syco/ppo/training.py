@@ -1,4 +1,4 @@
-"""`train.py task=ppo pm.path=<exported PM>`: PPO of a LoRA policy against a PM, under Lightning.
+"""`train.py task=ppo ppo.pm=<exported PM>`: PPO of a LoRA policy against a PM, under Lightning.
 
 Writes into the run folder: policy/step_<k>/ (peft adapters, every `ppo.eval.every` steps, with
 syco_ppo.json: the step and its evaluation), ppo_eval.json (every evaluation so far),
@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
 from syco.pm.model import load
@@ -53,9 +53,13 @@ def load_pm(ac: ActorCritic, path: str | Path, name: str, share: str, cache_dir:
     return load(path, cache_dir=cache_dir)
 
 
-def build(cfg: DictConfig, pm_path: str | Path) -> tuple[PPOModule, PPOConfig]:
-    """The PPO module for this config: actor-critic, PM(s), prompt sets."""
+def build(cfg: DictConfig) -> tuple[PPOModule, PPOConfig]:
+    """The PPO module for this config: actor-critic, PM(s) (ppo.pm, ppo.gold_pm), prompt sets."""
     ppo = PPOConfig.from_mapping(OmegaConf.to_container(cfg.ppo, resolve=True))
+    if not ppo.pm:
+        raise ValueError("task=ppo needs ppo.pm=<exported PM folder> (train one with task=pm, "
+                         "or run task=rlhf to train the PM first)")
+    pm_path = ppo.pm
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     ac = ActorCritic.create(model_cfg, ppo.lora, ppo.init_adapter, seed=int(cfg.seed), cache_dir=cfg.cache_dir,
                             value_head_std=ppo.value_head_std)
@@ -86,11 +90,12 @@ def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Pa
                        val_check_interval=None)
 
 
-def run_ppo(cfg: DictConfig, pm_path: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_ppo(cfg: DictConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """PPO against cfg.ppo.pm; metrics.json holds the summary, with the last evaluation as `metrics`."""
     start = time.time()
     L.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.run_dir)
-    module, ppo = build(cfg, pm_path)
+    module, ppo = build(cfg)
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -106,13 +111,16 @@ def run_ppo(cfg: DictConfig, pm_path: str | Path, extra: Mapping[str, Any] | Non
     steps_done = module.steps_this_fit
     summary = {
         "task": str(cfg.task.name),
-        "pm_path": str(pm_path),
+        "pm_path": str(ppo.pm),
         "gold_pm": ppo.gold_pm,
         "ppo_steps": module.ppo_step,
         "global_step": trainer.global_step,
         "last_step": module.last_metrics,
         "eval": module.eval_history,
         "final_adapter": module.eval_history[-1]["adapter"] if module.eval_history else None,
+        # the last evaluation's numbers, {name: {value}} as task=pm reports: train.py's task.objective
+        "metrics": {k: {"value": v} for k, v in (module.eval_history[-1] if module.eval_history else {}).items()
+                    if k.startswith("eval/")},
         "seconds_per_step": fit_time / steps_done if steps_done else None,
         "wall_time_s": time.time() - start,
         **dict(extra or {}),
@@ -127,20 +135,4 @@ def run_ppo(cfg: DictConfig, pm_path: str | Path, extra: Mapping[str, Any] | Non
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    pm_path = cfg.pm.get("path")
-    if not pm_path:
-        raise ValueError("task=ppo needs pm.path=<exported PM folder> (train one with task=pm, "
-                         "or run task=rlhf to train the PM first)")
-    return run_ppo(without_preference_data(cfg), pm_path)
-
-
-def without_preference_data(cfg: DictConfig) -> DictConfig:
-    """task=ppo's config: a copy without the data group. PPO against an exported PM reads no
-    preference data (the PM records its own), so the group is not logged as if it applied, and a
-    value it leaves unset (data=policy_beliefs's ???) cannot stop the run. The ppo group is resolved
-    first: it may name the data's files (experiment=planted_bias_known's known_from)."""
-    out = cfg.copy()
-    with open_dict(out):
-        out.ppo = OmegaConf.to_container(cfg.ppo, resolve=True)
-        out.pop("data", None)
-    return out
+    return run_ppo(cfg)
