@@ -73,7 +73,7 @@ if [ ! -f $PS ]; then  # the fourth best-of-n measurement's policy samples (docs
     eval.generation.batch_size=$GEN_BS $PS_X hydra.run.dir=$R/policy_samples || { el "policy samples failed"; exit 1; }
 fi
 PMC="experiment=planted_bias_policy $TR data.policy_samples=$PS $PM_X"
-BON="method=bon eval=planted_bias bon.k=$K bon.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
+BON="method=bon eval=planted_bias bon.k=$K eval.probe.sources.builtin=null eval.generation.temperature_free=0.7 eval.generation.batch_size=$GEN_BS bon.score_batch_size=64 $BON_X hydra.run.dir=$R/bon"
 read -r A B <<< "${PMS:-standard nonsyco}"
 pm_args() {  # the train.py overrides of one PM variant
   case $1 in
@@ -94,9 +94,9 @@ wait
 ls $R/pms/$A/pm $R/pms/$B/pm > /dev/null || { el "a PM is missing"; }
 G="$TR ppo.temperature=0.7 ppo.max_new_tokens=40 ppo.ppo_epochs=${PPO_EPOCHS:-4} ppo.optimizer.lr=${PPO_LR:-3e-4} ppo.prompts.misconceptions=${PPO_MISC:-builtin} $PPO_X ${PPO_EXTRA:-}"
 PPO_T=$(( $(left) - ${CK_RESERVE:-150} ))  # what is left after PPO: checkpoint evaluation and packing
-run ppo_$A $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/$A/pm ppo.gold_pm=$R/pms/$B/pm hydra.run.dir=$R/ppo/$A &
+run ppo_$A $PPO_T python3 train.py task=ppo $G ppo.pm=$R/pms/$A/pm ppo.gold_pm=$R/pms/$B/pm hydra.run.dir=$R/ppo/$A &
 P1=$!; sleep 3
-run ppo_$B $PPO_T python3 train.py task=ppo $G pm.path=$R/pms/$B/pm ppo.gold_pm=$R/pms/$A/pm hydra.run.dir=$R/ppo/$B &
+run ppo_$B $PPO_T python3 train.py task=ppo $G ppo.pm=$R/pms/$B/pm ppo.gold_pm=$R/pms/$A/pm hydra.run.dir=$R/ppo/$B &
 P2=$!; sleep 3
 [ "${BON:-1}" = 1 ] && run bon_scored $(( $(left) - 20 )) python3 evaluate.py $BON +bon.pms.$A=$R/pms/$A/pm +bon.pms.$B=$R/pms/$B/pm &
 wait $P1 $P2

@@ -22,8 +22,8 @@ SMALL = [
     "eval.generation.max_new_tokens=6",
     "eval.answer.sources.builtin.limit=3",
     "eval.misconceptions.sources.builtin.limit=3",
-    "bon.probe.limit=2",
-    "bon.probe.max_new_tokens=6",
+    "eval.probe.limit=2",
+    "eval.probe.max_new_tokens=6",
 ]
 
 

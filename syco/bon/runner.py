@@ -61,7 +61,7 @@ def build_pools(cfg: DictConfig, k: int, run_dir: Path) -> dict[str, list[dict[s
         records = build_records(task, ev[task], policy, store, gen, bad_rows, int(cfg.seed))
         generate(records, 1, policy, store, gen, f"{task} pool (K={k})")
         pools[task] = [_pool(r, store, k) for r in records]
-    probe = cfg.bon.get("probe") or {}
+    probe = ev.get("probe") or {}  # eval.probe: the section 4.3 probe is eval data
     if any(v is not None for v in (probe.get("sources") or {}).values()):
         written = probe_records(probe.sources, bad_rows, probe.get("limit"), int(cfg.seed),
                                 probe.get("heldout_fraction"), int(probe.get("split_seed", 0)))
