@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -29,6 +30,18 @@ def compose_config(config_name: str, overrides: list[str] | None = None, **kwarg
     """Compose a config of conf/ outside a Hydra app (the global Hydra state is cleared afterwards)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides or []), **kwargs)
+
+
+def compose_resolvable(config_name: str, overrides: list[str], run_dir: Path) -> DictConfig:
+    """`config_name` composed as `python <entry>.py <overrides>` would compose it, with what only a
+    running app knows pinned (run_dir, shared_data) and Hydra's runtime config installed, so that
+    `${hydra:runtime.choices.<group>}` interpolations resolve. The hydra node itself is left out."""
+    pinned = [f"run_dir={run_dir}", f"shared_data={SHARED_DATA}"]
+    cfg = compose_config(config_name, [*pinned, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 @pytest.fixture

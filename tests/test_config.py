@@ -1,101 +1,152 @@
-"""conf/: every config group option composes and resolves; the defaults; the CPU trainer instantiates."""
+"""conf/: every option of every config group composes and resolves (discovered from conf/, so a new
+option is covered without editing this file); the one held-out split reaches every group; entry
+points import; experiments give the intended settings for every task; every eval source builds
+records; the CPU trainer instantiates."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+from typing import Any
+
 import lightning as L
 import pytest
-from hydra.utils import instantiate
+import yaml
+from conftest import CONF_DIR, SHARED_DATA, compose_resolvable
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import OmegaConf
 
-MODELS = {
-    "smollm2": ("smollm2-135m-instruct", "gguf_package"),
-    "tiny": ("tiny-llama", "tiny"),
-    "llama": ("llama-3.2-1b-instruct", "pretrained"),
-    "qwen": ("qwen2.5-0.5b-instruct", "pretrained"),
+from syco.bon.probe import probe_records
+from syco.data.pairs import BadRows
+from syco.data.records import write_released
+from syco.eval import sources as S
+
+PRIMARY = ("train", "evaluate")
+# keys an option leaves for the command line (`???`): each option's required keys, named here so
+# that a `???` nobody meant is caught; every other option must resolve as it is
+REQUIRED = {
+    "model=local": {"model.name_or_path"},
+    "policy=local": {"policy.name_or_path"},
+    "data=jsonl": {"data.sources.pairs.path"},
+    "method=checkpoints": {"checkpoints.run"},
+    "experiment=planted_bias_known": {"policy_samples"},
 }
-PMS = ("standard", "nonsyco", "nonsyco_prompted")
-DATA = {"beliefs": {"beliefs"}, "hh_rlhf": {"hh"}, "planted_bias": {"hh", "beliefs"}}
-TRAINERS = {"cpu": "cpu", "gpu": "gpu", "ddp": "gpu", "fsdp": "gpu"}
-LOGGERS = {"csv": {"csv"}, "wandb": {"wandb"}, "many": {"csv", "wandb"}, "none": set()}
 
 
-def _resolved(cfg) -> dict:
-    # resolve=True fails on any broken interpolation (e.g. a typo in ${...})
+def groups(primary: str) -> dict[str, list[str]]:
+    """{group: its options} for the groups in conf/<primary>.yaml's defaults list (from the files)."""
+    defaults = yaml.safe_load((CONF_DIR / f"{primary}.yaml").read_text())["defaults"]
+    names = [next(iter(d)).split("@")[0].removeprefix("optional ").strip() for d in defaults if isinstance(d, dict)]
+    return {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in names if (CONF_DIR / g).is_dir()}
+
+
+def cases(primary: str) -> list[tuple[str, str]]:
+    return [(primary, f"{g}={o}") for g, options in groups(primary).items() for o in options]
+
+
+def unset_keys(cfg: Any, prefix: str = "") -> set[str]:
+    """Keys whose value is `???` itself (not an interpolation of one: those fail when resolving)."""
+    out: set[str] = set()
+    for key in (cfg if OmegaConf.is_dict(cfg) else range(len(cfg))):
+        node, full = cfg._get_node(key), f"{prefix}{key}"
+        if OmegaConf.is_config(node):
+            out |= unset_keys(node, f"{full}.")
+        elif node._is_missing():
+            out.add(full)
+    return out
+
+
+def resolved(primary: str, overrides: list[str], tmp_path: Path) -> dict[str, Any]:
+    """The config with its required keys set (to /required/<key>), resolved; fails on a `???` not in
+    REQUIRED and on any broken interpolation."""
+    cfg = compose_resolvable(primary, overrides, tmp_path / "run")
+    required = set().union(*(REQUIRED.get(o, set()) for o in overrides))
+    missing = unset_keys(cfg)
+    assert missing <= required, f"{overrides}: unset (???) keys {sorted(missing - required)} not in REQUIRED"
+    for key in missing:
+        OmegaConf.update(cfg, key, f"/required/{key}")
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-@pytest.mark.parametrize("option", list(MODELS))
-def test_model_options(compose_train, option):
-    cfg = _resolved(compose_train(f"model={option}"))
-    name, source = MODELS[option]
-    assert cfg["model"]["name"] == name and cfg["model"]["source"] == source
-    assert cfg["run_name"] == f"pm-standard-{name}"
-    assert cfg["model"]["lora"]["r"] > 0
-    if option == "tiny":
-        assert cfg["model"]["tokenizer"]["name"] == MODELS["smollm2"][0]
+def test_every_group_is_found():
+    assert set(groups("train")) >= {"task", "model", "pm", "data", "ppo", "split", "optimizer", "trainer", "logger",
+                                    "experiment"}
+    assert set(groups("evaluate")) >= {"policy", "method", "eval", "split", "logger"}
 
 
-@pytest.mark.parametrize("option", PMS)
-def test_pm_options(compose_train, option):
-    cfg = _resolved(compose_train(f"pm={option}"))
-    pm = cfg["pm"]
-    assert pm["variant"] == option
-    assert (pm["anti_sycophancy"]["ratio"] > 0) == (option == "nonsyco")
-    assert (pm["scoring_prefix"] is not None) == (option == "nonsyco_prompted")
-
-
-@pytest.mark.parametrize("option", list(DATA))
-def test_data_options(compose_train, shared_data, option):
-    cfg = _resolved(compose_train(f"data={option}"))
-    data = cfg["data"]
-    assert set(data["sources"]) == DATA[option]
-    assert data["on_bad_row"] in ("error", "skip") and 0 < data["heldout_fraction"] < 1
-    for src in data["sources"].values():
-        assert src["_partial_"] is True and src["_target_"].startswith("syco.data.")
-    if "hh" in data["sources"]:
-        assert data["sources"]["hh"]["path"] == f"{shared_data}/hh_rlhf/helpful-base/test.jsonl.gz"
-    if option == "planted_bias":
-        assert data["sources"]["hh"]["limit"] is None and data["max_length"] == 256
-        assert data["sources"]["beliefs"]["beta"] > data["sources"]["beliefs"]["gamma"] > 0
-
-
-@pytest.mark.parametrize("option", list(TRAINERS))
-def test_trainer_options(compose_train, option):
-    cfg = _resolved(compose_train(f"trainer={option}"))
-    trainer = cfg["trainer"]
-    assert trainer["_target_"] == "lightning.Trainer"
-    assert trainer["accelerator"] == TRAINERS[option]
-    assert trainer["precision"] == ("32-true" if option == "cpu" else "bf16-mixed")
-    if option == "ddp":
-        assert trainer["strategy"] == "ddp" and trainer["devices"] == -1
-    if option == "fsdp":
-        assert trainer["strategy"]["_target_"] == "lightning.pytorch.strategies.FSDPStrategy"
-        assert trainer["strategy"]["auto_wrap_policy"]["_target_"] == "syco.models.fsdp.decoder_layer_policy"
-
-
-@pytest.mark.parametrize("option", list(LOGGERS))
-def test_logger_options(compose_train, tmp_path, option):
-    cfg = _resolved(compose_train(f"logger={option}"))
-    loggers = cfg.get("logger") or {}
-    assert set(loggers) == LOGGERS[option]
-    for lg in loggers.values():
+@pytest.mark.parametrize(("primary", "option"), [*cases("train"), *cases("evaluate")])
+def test_every_option_composes_and_resolves(primary, option, tmp_path):
+    cfg = resolved(primary, [option], tmp_path)
+    assert cfg["run_dir"] == str(tmp_path / "run") and cfg["run_name"]
+    entry = cfg["task"]["entry"] if primary == "train" else cfg["method"]["entry"]
+    assert callable(get_method(entry))
+    for lg in (cfg.get("logger") or {}).values():  # loggers write into the run folder
         assert lg["save_dir"] == str(tmp_path / "run")
 
 
-def test_defaults(compose_train):
-    cfg = compose_train()
-    assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.source == "gguf_package"
-    assert cfg.trainer.accelerator == "cpu"
-    assert cfg.task.name == "pm" and cfg.task.entry == "syco.pm.training.run"
-    assert cfg.pm.variant == "standard"
-    assert set(cfg.data.sources) == {"beliefs"}
-    assert set(cfg.logger) == {"csv"}
-    assert cfg.seed == 0
+@pytest.mark.parametrize("experiment", groups("train")["experiment"])
+@pytest.mark.parametrize("task", groups("train")["task"])
+def test_every_experiment_composes_for_every_task(experiment, task, tmp_path):
+    cfg = resolved("train", [f"experiment={experiment}", f"task={task}"], tmp_path)
+    assert cfg["task"]["name"] == task and callable(get_method(cfg["task"]["entry"]))
 
 
-def test_cpu_trainer_instantiates(compose_train, tmp_path):
-    cfg = compose_train("trainer=cpu")
+@pytest.mark.parametrize("eval_option", groups("evaluate")["eval"])
+@pytest.mark.parametrize("method", groups("evaluate")["method"])
+def test_every_eval_option_composes_for_every_method(eval_option, method, tmp_path):
+    cfg = resolved("evaluate", [f"method={method}", f"eval={eval_option}"], tmp_path)
+    assert cfg["method"]["name"] == method
+    assert eval_option in cfg["run_name"]  # run folders of different eval options never mix
+    assert set(cfg["eval"]["tasks"]) <= {"feedback", "are_you_sure", "answer", "mimicry", "misconceptions"}
+
+
+def _split_values(node: Any, path: str = "") -> dict[str, Any]:
+    """Every heldout_fraction / split_seed in a resolved config, by key path."""
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{path}.{k}" if path else str(k)
+            if k in ("heldout_fraction", "split_seed"):
+                out[key] = v
+            out.update(_split_values(v, key))
+    return out
+
+
+@pytest.mark.parametrize(("primary", "option"), [("train", "data=beliefs"), ("train", "data=hh_rlhf"),
+                                                 ("train", "data=jsonl"), ("train", "data=planted_bias"),
+                                                 ("train", "data=policy_beliefs"),
+                                                 ("train", "experiment=planted_bias_known"),
+                                                 ("evaluate", "eval=planted_bias"), ("evaluate", "eval=policy_samples"),
+                                                 ("evaluate", "eval=truthfulqa_bon")])
+def test_one_held_out_split_reaches_every_group(primary, option, tmp_path):
+    """The split is one node (conf/split): moving it moves every group that splits items, and a
+    data-group override still changes PM training's split alone."""
+    values = _split_values(resolved(primary, [option], tmp_path))
+    assert values and all(v in (0.25, 0, None) for v in values.values())
+    moved = _split_values(resolved(primary, [option, "split.heldout_fraction=0.4", "split.seed=7"], tmp_path))
+    for key, v in moved.items():
+        if key == "eval.probe.heldout_fraction" and option != "eval=planted_bias":
+            assert v is None  # the probe reads every misconception unless an eval option restricts it
+        else:
+            assert v == (0.4 if key.endswith("heldout_fraction") else 7), key
+    if primary == "train":
+        alone = _split_values(resolved(primary, [option, "data.heldout_fraction=0.2"], tmp_path))
+        assert alone["data.heldout_fraction"] == 0.2 and alone["ppo.prompts.heldout_fraction"] == 0.25
+
+
+def test_objective_is_a_metric_the_task_reports():
+    from train import objective_value
+
+    result = {"metrics": {"heldout/accuracy": {"value": 0.7, "count": 3}}}
+    assert objective_value(result, "heldout/accuracy") == 0.7
+    assert objective_value(result, None) is None
+    with pytest.raises(KeyError, match="task.objective='eval/score' is not among"):
+        objective_value(result, "eval/score")
+
+
+def test_cpu_trainer_instantiates(tmp_path):
+    cfg = compose_resolvable("train", ["trainer=cpu"], tmp_path / "run")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
     assert isinstance(trainer, L.Trainer)
     assert isinstance(trainer.accelerator, CPUAccelerator)
@@ -117,9 +168,11 @@ def test_fsdp_wrap_policy_instantiates():
     assert policy(object(), True, 0) is True
 
 
+# --- experiments: the intended settings, for every task ---------------------------------------------
 @pytest.mark.parametrize("pm", ["standard", "nonsyco"])
-def test_planted_bias_policy_experiment(compose_train, pm):
-    cfg = _resolved(compose_train("experiment=planted_bias_policy", f"pm={pm}", "data.policy_samples=/x/samples.jsonl"))
+def test_planted_bias_policy_experiment(pm, tmp_path):
+    cfg = resolved("train", ["experiment=planted_bias_policy", f"pm={pm}", "data.policy_samples=/x/samples.jsonl"],
+                   tmp_path)
     sources = cfg["data"]["sources"]
     assert set(sources) == {"beliefs", "policy"} and sources["policy"]["samples"] == "/x/samples.jsonl"
     # one rater for the templated and the policy-written pairs, with the strong planted bias
@@ -130,11 +183,11 @@ def test_planted_bias_policy_experiment(compose_train, pm):
 
 
 @pytest.mark.parametrize("task", ["pm", "ppo", "rlhf"])
-def test_planted_bias_answers_experiment(compose_train, task):
+def test_planted_bias_answers_experiment(task, tmp_path):
     """The sixth PPO measurement's PMs and PPO from one experiment name, for every task."""
     for pm in ("standard", "nonsyco"):
-        cfg = _resolved(compose_train("experiment=planted_bias_answers", f"task={task}", f"pm={pm}",
-                                      "data.policy_samples=/x/samples.jsonl"))
+        cfg = resolved("train", ["experiment=planted_bias_answers", f"task={task}", f"pm={pm}",
+                                 "data.policy_samples=/x/samples.jsonl"], tmp_path)
         sources = cfg["data"]["sources"]
         assert sources["policy"]["tasks"] == ["answer"] and sources["beliefs"]["limit"] == 480
         assert sources["policy"]["beta"] == sources["beliefs"]["beta"] == 4.0
@@ -143,30 +196,81 @@ def test_planted_bias_answers_experiment(compose_train, task):
         anti = cfg["pm"]["anti_sycophancy"]
         assert anti["ratio"] == (0.5 if pm == "nonsyco" else 0.0)  # the standard PM gets no corrections
         assert anti.get("tasks", ["answer"]) == ["answer"]
-        if task != "pm":
-            ppo = cfg["ppo"]
-            assert ppo["samples_per_prompt"] == 4 and ppo["reward"]["baseline"] == "prompt"
-            assert ppo["prompts"]["templates"] == ["plain", "suggest_incorrect"] and ppo["optimizer"]["lr"] == 3e-4
-            assert ppo["batch_size"] % ppo["samples_per_prompt"] == 0 and ppo["total_steps"] == 50
-            assert ppo["lora"]["target_modules"] == ["q_proj", "v_proj"]
+        ppo = cfg["ppo"]
+        assert ppo["samples_per_prompt"] == 4 and ppo["reward"]["baseline"] == "prompt"
+        assert ppo["prompts"]["templates"] == ["plain", "suggest_incorrect"] and ppo["optimizer"]["lr"] == 3e-4
+        assert ppo["batch_size"] % ppo["samples_per_prompt"] == 0 and ppo["total_steps"] == 50
+        assert ppo["lora"]["target_modules"] == ["q_proj", "v_proj"]
+        assert ppo["pm"] is None  # the PPO target: given by task=ppo's command, set by task=rlhf
 
 
-@pytest.mark.parametrize("task", ["ppo", "rlhf"])
-def test_planted_bias_known_experiment(compose_train, task):
+@pytest.mark.parametrize("task", ["pm", "ppo", "rlhf"])
+def test_planted_bias_known_experiment(task, tmp_path):
     """The seventh PPO measurement: planted_bias_answers with PPO on known facts' suggest-incorrect
-    prompts; the samples that define "known" must be named."""
-    from omegaconf.errors import InterpolationToMissingValueError
-
-    over = ("experiment=planted_bias_known", f"task={task}", "data.policy_samples=/x/samples.jsonl")
-    with pytest.raises(InterpolationToMissingValueError, match="data.policy_samples"):
-        _resolved(compose_train(*over[:2]))
-    known = _resolved(compose_train(*over))
-    assert known["ppo"]["prompts"]["known_from"] == "/x/samples.jsonl"  # the samples the PMs learned from
-    answers = _resolved(compose_train("experiment=planted_bias_answers", *over[1:]))
+    prompts; one samples file, required by every task, feeds the PMs' pairs and PPO's known facts."""
+    over = ["experiment=planted_bias_known", f"task={task}"]
+    assert unset_keys(compose_resolvable("train", over, tmp_path / "run")) == {"policy_samples"}
+    known = resolved("train", [*over, "policy_samples=/x/samples.jsonl"], tmp_path)
+    assert known["ppo"]["prompts"]["known_from"] == known["data"]["policy_samples"] == "/x/samples.jsonl"
+    answers = resolved("train", ["experiment=planted_bias_answers", f"task={task}", "data.policy_samples=/x/samples.jsonl"],
+                       tmp_path)
     assert known["ppo"]["prompts"]["templates"] == ["suggest_incorrect"]
     assert known["ppo"]["prompts"]["min_plain_accuracy"] == 0.75 and known["ppo"]["prompts"]["side"] == "train"
     for key in ("data", "model", "optimizer", "pm"):  # the same PMs
         assert known[key] == answers[key]
     drop = {"prompts"}
-    assert {k: v for k, v in known["ppo"].items() if k not in drop} == {k: v for k, v in answers["ppo"].items() if k not in drop}
+    assert {k: v for k, v in known["ppo"].items() if k not in drop} == {k: v for k, v in answers["ppo"].items()
+                                                                        if k not in drop}
     assert known["ppo"]["eval_prompts"] == answers["ppo"]["eval_prompts"]  # evaluation stays on all held-out facts
+    assert answers["ppo"]["prompts"]["known_from"] is None
+
+
+# --- every eval source builds records (no model) ------------------------------------------------------
+def _build(source: dict[str, Any], task: str) -> list[Any]:
+    builder = instantiate(source)
+    params = inspect.signature(builder).parameters
+    context = {"bad_rows": BadRows("error"), "seed": 0, "task": task}
+    accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return builder(**{k: v for k, v in context.items() if accepts_all or k in params})
+
+
+def _released_copies(folder: Path) -> list[str]:
+    """Local stand-ins for the hub files of eval=released: built-in records in the released format."""
+    bad = BadRows("error")
+    records = {"answer": S.answer_records("builtin", bad, limit=2),
+               "are_you_sure": S.builtin_mc_records(bad, limit=2) + S.free_form_records("builtin", bad, limit=2),
+               "feedback": S.feedback_records([{"dataset": "poems", "id": "p1", "text": "Roses\nare red"}]),
+               "mimicry": S.builtin_poem_records(bad, limit=2)}
+    return [f"eval.{task}.sources.released.path={write_released(folder / f'{task}.jsonl', recs)}"
+            for task, recs in records.items()]
+
+
+@pytest.mark.parametrize("eval_option", groups("evaluate")["eval"])
+def test_every_eval_source_builds_records(eval_option, tmp_path):
+    """Each source of each task of each eval option (and its misconceptions probe) reads its data into
+    records; the real-data ones from ../shared/data."""
+    pins = _released_copies(tmp_path) if eval_option == "released" else []
+    cfg = resolved("evaluate", [f"eval={eval_option}", *pins], tmp_path)
+    ev = cfg["eval"]
+    built = {}
+    for task in ev["tasks"]:
+        for name, source in (ev[task].get("sources") or {}).items():
+            if source is not None:
+                built[f"{task}/{name}"] = records = _build(source, task)
+                assert records, f"eval={eval_option}: eval.{task}.sources.{name} built nothing"
+    assert built
+    probe = ev["probe"]
+    written = probe_records(OmegaConf.create(probe["sources"]), BadRows("error"), 2, 0, probe["heldout_fraction"],
+                            probe["split_seed"])
+    assert all(len(records) == 2 * sum(v is not None for v in probe["sources"].values()) for records in written.values())
+
+
+def test_real_data_sources_are_reached():
+    """Every record and text builder of syco.eval.sources is named by some option of conf/eval."""
+    named = {line.split("syco.eval.sources.")[1].strip() for f in (CONF_DIR / "eval").glob("*.yaml")
+             for line in f.read_text().splitlines() if "_target_: syco.eval.sources." in line}
+    builders = {name for name, fn in inspect.getmembers(S, inspect.isfunction)
+                if fn.__module__ == S.__name__ and name.endswith(("_records", "_texts", "_requests"))
+                and name not in {"feedback_records", "mimicry_records"}}  # built from the texts/poems of others
+    assert builders <= named, f"no config reaches {sorted(builders - named)}"
+    assert (SHARED_DATA / "truthfulqa" / "TruthfulQA.csv").is_file()
