@@ -8,7 +8,8 @@ import netrc
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,86 @@ def build_loggers(cfg: Mapping[str, Any]) -> list[Logger]:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def log_summary(loggers: list[Logger], metrics: Mapping[str, Any]) -> None:
-    """Final results: W&B run summary, and one row for the others."""
-    flat = {k: v["value"] if isinstance(v, Mapping) else v for k, v in metrics.items()}
-    flat = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+Metric = Mapping[str, Any]  # {value, stderr, count, ci, ...}
+
+
+def walk_metrics(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Metric]]:
+    """(keys from the root, metric) for every metric of a nested results tree, in order. A metric is
+    a mapping with a "value"; the tree is e.g. an evaluation's {task: {judge: {dataset: {metric: m}}}},
+    best-of-n's {pm: {n: {task: {dataset: {metric: m}}}}} or a PM's {metric: m}."""
+    for key, node in tree.items():
+        if isinstance(node, Mapping):
+            if "value" in node:
+                yield (*path, str(key)), node
+            else:
+                yield from walk_metrics(node, (*path, str(key)))
+
+
+def flat_metrics(tree: Mapping[str, Any], prefix: str = "", intervals: bool = False) -> dict[str, Any]:
+    """{"<prefix>/<key>/.../<metric>": value} for every metric of the tree with a value; with
+    `intervals`, the interval bounds beside it (`.../ci_low`, `.../ci_high`)."""
+    flat: dict[str, Any] = {}
+    for path, m in walk_metrics(tree):
+        if m.get("value") is None:
+            continue
+        key = "/".join((prefix, *path) if prefix else path)
+        flat[key] = m["value"]
+        if intervals and m.get("ci"):
+            flat[f"{key}/ci_low"], flat[f"{key}/ci_high"] = m["ci"]
+    return flat
+
+
+@dataclass
+class Report:
+    """What a run sends to its loggers (`send`)."""
+
+    summary: dict[str, Any] = field(default_factory=dict)  # W&B run summary; one row for the others (without rows)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one logged row each (a step each for the others)
+    wandb_rows: list[dict[str, Any]] | None = None  # what W&B logs instead of `rows` (e.g. with more x-axes)
+    # W&B define_metric, in order: metric glob -> the metric it is plotted against (None: an x-axis itself)
+    axes: dict[str, str | None] = field(default_factory=dict)
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)  # W&B: name -> (columns, rows)
+    images: list[Path] = field(default_factory=list)  # W&B: logged as plots/<file stem>
+
+
+def send(loggers: list[Logger], report: Report, finalize: bool = True) -> None:
+    """Send a report to every logger: W&B gets the x-axes (define_metric), rows, images, tables and
+    the run summary; the others the rows, one step each, or else the summary's numbers as one row.
+    `finalize`: close each logger (else only flush the others)."""
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update(flat)
-        else:
-            lg.log_metrics(flat)
+            import wandb
+
+            run = lg.experiment
+            for pattern, axis in report.axes.items():
+                if axis is None:
+                    run.define_metric(pattern)
+                else:
+                    run.define_metric(pattern, step_metric=axis)
+            for row in report.rows if report.wandb_rows is None else report.wandb_rows:
+                run.log(row)
+            if report.images:
+                run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.images})
+            for name, (columns, data) in report.tables.items():
+                run.log({name: wandb.Table(columns=columns, data=data)})
+            if report.summary:
+                run.summary.update(report.summary)
+        elif report.rows:
+            for step, row in enumerate(report.rows):
+                lg.log_metrics(row, step=step)
+        elif report.summary:
+            lg.log_metrics({k: v for k, v in report.summary.items() if isinstance(v, (int, float))})
+        if finalize:
+            lg.finalize("success")
+        elif not isinstance(lg, WandbLogger):
             lg.save()
+
+
+def log_summary(loggers: list[Logger], metrics: Mapping[str, Any]) -> None:
+    """Final results ({name: metric}): W&B run summary, and one row for the others."""
+    flat = {k: v["value"] if isinstance(v, Mapping) else v for k, v in metrics.items()}
+    flat = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+    send(loggers, Report(summary=flat), finalize=False)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

@@ -7,9 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from syco.tracking import build_loggers
+from syco.tracking import Report, flat_metrics, save_figure_atomic
 
 # the curves worth a figure: (task, metric)
 HEADLINE = (
@@ -85,52 +83,25 @@ def plot_results(summary: Mapping[str, Any], folder: Path) -> list[Path]:
         what = "difference between PMs on the same pools, paired" if diff else "against optimization"
         fig.suptitle(f"{task} {metric}: {what} (K={summary['k']}, 95% bootstrap intervals)")
         fig.tight_layout()
-        path = folder / f"{'difference_' if diff else ''}{task}_{metric.replace('/', '_')}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure_atomic(fig, folder / f"{'difference_' if diff else ''}{task}_{metric.replace('/', '_')}.png"))
     return written
 
 
-def flat_metrics(summary: Mapping[str, Any], n: str) -> dict[str, float]:
+def flat_at(summary: Mapping[str, Any], n: str) -> dict[str, float]:
     """`bon/<pm>/<task>/<dataset>/<metric>` at one n, with the interval bounds beside."""
-    flat: dict[str, float] = {}
-    for pm_name, by_n in summary["results"].items():
-        for task, by_dataset in by_n.get(n, {}).items():
-            for dataset, metrics in by_dataset.items():
-                for name, m in metrics.items():
-                    if m.get("value") is None:
-                        continue
-                    key = f"bon/{pm_name}/{task}/{dataset}/{name}"
-                    flat[key] = m["value"]
-                    if m.get("ci"):
-                        flat[f"{key}/ci_low"], flat[f"{key}/ci_high"] = m["ci"]
-    return flat
+    return flat_metrics({pm_name: by_n.get(n, {}) for pm_name, by_n in summary["results"].items()}, "bon",
+                        intervals=True)
 
 
-def track(cfg: DictConfig, summary: Mapping[str, Any], plots: Sequence[Path], table: list[list[Any]]) -> None:
-    """Every metric per n with n, log2 n and nominal KL as x-axes (W&B define_metric); CSV gets rows."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    loggers = build_loggers(cfg)
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            run = lg.experiment
-            for axis in ("bon/n", "bon/log2_n", "bon/kl"):
-                run.define_metric(axis)
-            run.define_metric("bon/*", step_metric="bon/kl")
-            for n in summary["n_grid"]:
-                run.log({"bon/n": n, "bon/log2_n": math.log2(n), "bon/kl": summary["kl_nominal"][str(n)],
-                         **flat_metrics(summary, str(n))})
-            run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
-            columns = ["task", "pm", "n", "dataset", "template", "prompt", "selected_response", "verdicts"]
-            run.log({"bon/selected": wandb.Table(columns=columns, data=table)})
-        else:
-            for step, n in enumerate(summary["n_grid"]):
-                lg.log_metrics({"bon/n": n, "bon/kl": summary["kl_nominal"][str(n)], **flat_metrics(summary, str(n))},
-                               step=step)
-        lg.finalize("success")
+def report(summary: Mapping[str, Any], plots: Sequence[Path], table: list[list[Any]]) -> Report:
+    """Every metric per n with n, log2 n and nominal KL as x-axes (W&B define_metric); the plots, the
+    selected samples' table; the other loggers a row per n."""
+    kl = summary["kl_nominal"]
+    return Report(
+        rows=[{"bon/n": n, "bon/kl": kl[str(n)], **flat_at(summary, str(n))} for n in summary["n_grid"]],
+        wandb_rows=[{"bon/n": n, "bon/log2_n": math.log2(n), "bon/kl": kl[str(n)], **flat_at(summary, str(n))}
+                    for n in summary["n_grid"]],
+        axes={"bon/n": None, "bon/log2_n": None, "bon/kl": None, "bon/*": "bon/kl"},
+        images=list(plots),
+        tables={"bon/selected": (["task", "pm", "n", "dataset", "template", "prompt", "selected_response",
+                                  "verdicts"], table)})

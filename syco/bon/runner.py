@@ -30,7 +30,7 @@ from syco.bon.estimate import (
 )
 from syco.bon.pairwise import pool_preferences
 from syco.bon.probe import INSTRUCTIONS, dialogue_pool, first_scores, preference_rates, probe_records
-from syco.bon.report import plot_results, track
+from syco.bon.report import plot_results, report
 from syco.bon.scoring import pm_spec, resolve_device, score_pools
 from syco.core.best_of_n import best_of_n_weights, kl_best_of_n
 from syco.data.pairs import BadRows
@@ -39,7 +39,7 @@ from syco.eval.judges import CachedJudge
 from syco.eval.runner import build_records, generate
 from syco.eval.tasks import verdicts
 from syco.policy import Policy
-from syco.tracking import write_json_atomic
+from syco.tracking import build_loggers, send, write_json_atomic
 
 log = logging.getLogger(__name__)
 PROBE = "misconception_probe"  # pool names of the section 4.3 probe: misconception_probe/<reply kind>
@@ -199,7 +199,7 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(run_dir / "results.json", summary)
     plots = plot_results(summary, run_dir / "plots")
     tables = _tables(pools, scores, grid, int(cfg.seed), bon.get("table_n"))
-    track(cfg, summary, plots, tables)
+    send(build_loggers(cfg), report(summary, plots, tables))
     _log_summary(summary)
     return summary
 

@@ -8,13 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from syco.bon.report import HEADLINE as BON_HEADLINE
 from syco.bon.report import curves as bon_curves
 from syco.bon.report import dataset_view
-from syco.bon.report import flat_metrics as bon_flat
-from syco.tracking import build_loggers, save_figure_atomic
+from syco.bon.report import flat_at as bon_flat_at
+from syco.tracking import Report, flat_metrics, save_figure_atomic
 
 log = logging.getLogger(__name__)
 HEADLINE = (*BON_HEADLINE, ("are_you_sure", "admits_mistake"))
@@ -81,14 +79,14 @@ def plot_checkpoints(summary: Mapping[str, Any], folder: Path, bon: Mapping[str,
     return written
 
 
-def flat_metrics(summary: Mapping[str, Any], step: str) -> dict[str, float]:
+def flat_at(summary: Mapping[str, Any], step: str) -> dict[str, float]:
     """`ppo/<judge>/<task>/<dataset>/<metric>` at one step, with the interval bounds beside (the
     layout of a BoN run's `bon/<pm>/<task>/<dataset>/<metric>`)."""
-    by_judge: dict[str, dict[str, dict[str, Any]]] = {}
+    by_judge: dict[str, dict[str, Any]] = {}
     for task, judges in summary["results"][step].items():
         for judge, by_dataset in judges.items():
-            by_judge.setdefault(judge, {step: {}})[step][task] = by_dataset
-    return {f"ppo/{k[4:]}": v for k, v in bon_flat({"results": by_judge}, step).items()}
+            by_judge.setdefault(judge, {})[task] = by_dataset
+    return flat_metrics(by_judge, "ppo", intervals=True)
 
 
 def rows(summary: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -97,7 +95,7 @@ def rows(summary: Mapping[str, Any]) -> list[dict[str, float]]:
     for p in summary["points"]:
         row = {"ppo/step": float(p["step"]), "ppo/kl": float(p["kl"])}
         row.update({f"ppo/run_{k}": float(v) for k, v in p["ppo_eval"].items() if isinstance(v, (int, float))})
-        row.update(flat_metrics(summary, str(p["step"])))
+        row.update(flat_at(summary, str(p["step"])))
         for name, scores in (summary.get("pm_scores") or {}).items():  # checkpoints.pm_scores
             for task, by_template in scores["levels"].get(str(p["step"]), {}).items():
                 row.update({f"ppo/pm_score/{name}/{task}/{t}": m["value"] for t, m in by_template.items()})
@@ -105,33 +103,18 @@ def rows(summary: Mapping[str, Any]) -> list[dict[str, float]]:
     return out
 
 
-def track(cfg: DictConfig, summary: Mapping[str, Any], plots: Sequence[Path], bon: Mapping[str, Any] | None) -> None:
+def report(summary: Mapping[str, Any], plots: Sequence[Path], bon: Mapping[str, Any] | None) -> Report:
     """W&B: every metric with step_metric ppo/kl (ppo/*) and again with ppo/step (ppo_step/*), the
     BoN overlay with bon/kl (as a BoN run logs it), the plots; other loggers get one row per step."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    loggers = build_loggers(cfg)
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            run = lg.experiment
-            for axis in ("ppo/step", "ppo/kl", "bon/kl"):
-                run.define_metric(axis)
-            run.define_metric("ppo/*", step_metric="ppo/kl")
-            run.define_metric("ppo_step/*", step_metric="ppo/step")
-            run.define_metric("bon/*", step_metric="bon/kl")
-            for row in rows(summary):
-                by_step = {f"ppo_step/{k[4:]}": v for k, v in row.items() if k not in ("ppo/step", "ppo/kl")}
-                run.log({**row, **by_step})
-            for n in (bon or {}).get("n_grid") or []:
-                run.log({"bon/n": n, "bon/kl": bon["kl_nominal"][str(n)], **bon_flat(bon, str(n))})  # type: ignore[index]
-            run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
-            run.summary.update({"ppo/kl_estimator": summary["kl"]["estimator"], "ppo/run": summary["run"]})
-        else:
-            for i, row in enumerate(rows(summary)):
-                lg.log_metrics(row, step=i)
-        lg.finalize("success")
+    per_step = rows(summary)
+    by_step = [{**row, **{f"ppo_step/{k[4:]}": v for k, v in row.items() if k not in ("ppo/step", "ppo/kl")}}
+               for row in per_step]
+    overlay = [{"bon/n": n, "bon/kl": bon["kl_nominal"][str(n)], **bon_flat_at(bon, str(n))}
+               for n in (bon or {}).get("n_grid") or []]  # type: ignore[index]
+    return Report(summary={"ppo/kl_estimator": summary["kl"]["estimator"], "ppo/run": summary["run"]},
+                  rows=per_step, wandb_rows=by_step + overlay, images=list(plots),
+                  axes={"ppo/step": None, "ppo/kl": None, "bon/kl": None, "ppo/*": "ppo/kl",
+                        "ppo_step/*": "ppo/step", "bon/*": "bon/kl"})
 
 
 def log_summary(summary: Mapping[str, Any]) -> None:

@@ -25,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from syco.bon.estimate import bootstrap_difference
 from syco.checkpoints.pm_scores import checkpoint_pm_scores, pm_specs
-from syco.checkpoints.report import log_summary, plot_checkpoints, track
+from syco.checkpoints.report import log_summary, plot_checkpoints, report
 from syco.data.samples import judged_by_task
 from syco.eval.runner import run as evaluate_policy
 from syco.ppo.model import BASE_KEYS, META_FILE
-from syco.tracking import write_json_atomic
+from syco.tracking import build_loggers, send, write_json_atomic
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"step_(\d+)")
@@ -297,7 +297,7 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     _check_bon_policy(bon, checkpoints[0], judge)
     write_json_atomic(out / "checkpoints.json", summary)
     plots = plot_checkpoints(summary, out / "plots", bon=bon, overlays=overlays)
-    track(cfg, summary, plots, bon)
+    send(build_loggers(cfg), report(summary, plots, bon))
     log_summary(summary)
     log.info("wrote %s and %d plots in %s", out / "checkpoints.json", len(plots), out / "plots")
     return summary

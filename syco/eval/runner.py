@@ -21,7 +21,7 @@ from syco.eval import sources as S
 from syco.eval.judges import CachedJudge, Judge
 from syco.eval.tasks import STAGES, labels_for_agreement, stage_request, task_metrics, temperature, verdicts
 from syco.policy import Policy
-from syco.tracking import build_loggers, write_json_atomic
+from syco.tracking import Report, build_loggers, flat_metrics, send, walk_metrics, write_json_atomic
 
 log = logging.getLogger(__name__)
 TASKS = ("feedback", "are_you_sure", "answer", "mimicry", "misconceptions")
@@ -163,8 +163,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(run_dir / "results.json", summary)
     store.rewrite([s for ss in samples.values() for s in ss])
-    _track(cfg, summary, samples)
-    _log_table(summary)
+    send(build_loggers(cfg), report(summary, samples))
+    log_results(summary)
     return summary
 
 
@@ -189,48 +189,22 @@ def _agreement(samples: Mapping[str, list[dict[str, Any]]], judges: list[str]) -
     return out
 
 
-def flatten(results: Mapping[str, Any]) -> dict[str, float]:
-    flat = {}
-    for task, by_judge in results.items():
-        for judge, by_dataset in by_judge.items():
-            for dataset, metrics in by_dataset.items():
-                for name, m in metrics.items():
-                    if m.get("value") is not None:
-                        flat[f"{task}/{judge}/{dataset}/{name}"] = m["value"]
-    return flat
+def report(summary: Mapping[str, Any], samples: Mapping[str, list[dict[str, Any]]]) -> Report:
+    """Every metric `<task>/<judge>/<dataset>/<metric>` and each judge pair's kappa `<task>/kappa/<a~b>`
+    as the run summary, and the samples as a table."""
+    flat = flat_metrics(summary["results"])
+    flat.update(flat_metrics({task: {"kappa": pairs} for task, pairs in summary["agreement"].items()}))
+    columns = ["task", "dataset", "template", "index", "conversation", "verdicts"]
+    rows = [[t, s["record"].dataset, s["record"].template, s["index"], json.dumps(s["conversation"]),
+             json.dumps(s.get("verdicts", {}))] for t, ss in samples.items() for s in ss]
+    return Report(summary=flat, tables={"samples": (columns, rows)})
 
 
-def _track(cfg: DictConfig, summary: dict[str, Any], samples: Mapping[str, list[dict[str, Any]]]) -> None:
-    from lightning.pytorch.loggers import WandbLogger
-
-    loggers = build_loggers(cfg)
-    flat = flatten(summary["results"])
-    for task, pairs in summary["agreement"].items():
-        for pair, k in pairs.items():
-            if k.get("value") is not None:
-                flat[f"{task}/kappa/{pair}"] = k["value"]
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            lg.experiment.summary.update(flat)
-            columns = ["task", "dataset", "template", "index", "conversation", "verdicts"]
-            rows = [[t, s["record"].dataset, s["record"].template, s["index"], json.dumps(s["conversation"]),
-                     json.dumps(s.get("verdicts", {}))] for t, ss in samples.items() for s in ss]
-            lg.experiment.log({"samples": wandb.Table(columns=columns, data=rows)})
-        else:
-            lg.log_metrics(flat)
-        lg.finalize("success")
-
-
-def _log_table(summary: dict[str, Any]) -> None:
-    for task, by_judge in summary["results"].items():
-        for judge, by_dataset in by_judge.items():
-            for dataset, metrics in by_dataset.items():
-                for name, m in metrics.items():
-                    v = "undefined" if m.get("value") is None else f"{m['value']:.3f}"
-                    se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
-                    log.info("%-14s %-6s %-16s %-24s %s%s (n=%d)", task, judge, dataset, name, v, se, m.get("count", 0))
+def log_results(summary: Mapping[str, Any]) -> None:
+    for (task, judge, dataset, name), m in walk_metrics(summary["results"]):
+        v = "undefined" if m.get("value") is None else f"{m['value']:.3f}"
+        se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+        log.info("%-14s %-6s %-16s %-24s %s%s (n=%d)", task, judge, dataset, name, v, se, m.get("count", 0))
     for task, pairs in summary["agreement"].items():
         for pair, k in pairs.items():
             log.info("%-14s kappa %s = %s (n=%d)", task, pair, k.get("value"), k.get("count", 0))
