@@ -53,17 +53,15 @@ def run_export(args: argparse.Namespace) -> dict:
 
 
 def run_ppo(args: argparse.Namespace, run_dir: Path) -> dict:
-    from torch.utils.data import DataLoader
-
-    from syco.ppo.training import Steps, build, trainer_for
+    from syco.ppo.training import build, fit, trainer_for
 
     cfg = compose(args, run_dir, "task=ppo", f"ppo.pm={args.pm_path}", f"ppo.total_steps={args.ppo_steps}",
                   f"ppo.batch_size={args.batch_size}", f"ppo.mini_batch_size={args.mini_batch_size}",
                   f"ppo.max_new_tokens={args.max_new_tokens}", "ppo.eval.at_start=false",
                   "ppo.eval_prompts.limit=2", f"ppo.pm_on_policy_base={'false' if args.pm_separate else 'auto'}")
-    module, ppo = build(cfg, args.pm_path)
+    module, ppo = build(cfg)
     start = time.perf_counter()
-    trainer_for(cfg, ppo, [], run_dir).fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None))
+    fit(trainer_for(cfg, ppo, [], run_dir), module)
     seconds = time.perf_counter() - start
     eps = module.last_metrics.get("eps")
     return {"peak_rss_gb": peak_rss_gb(), "seconds": seconds, "steps": module.ppo_step,

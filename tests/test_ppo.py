@@ -384,6 +384,9 @@ def test_eval_metrics_are_logged_only_at_evaluated_steps(tmp_path, pm_path):
     saved = json.loads((run / "ppo_eval.json").read_text())
     by_step = {float(r["ppo_step"]): float(r["eval/kl"]) for r in rows if r["eval/kl"]}
     assert by_step == {float(e["step"]): pytest.approx(e["eval/kl"]) for e in saved}
+    # an evaluation row is logged at the logger step of its PPO step's training row (W&B merges them)
+    train_step = {float(r["ppo_step"]): r["step"] for r in rows if r["objective/kl"]}
+    assert all(r["step"] == train_step[float(r["ppo_step"])] for r in rows if r["eval/kl"] and float(r["ppo_step"]) > 0)
 
 
 def test_task_rlhf_trains_the_pm_once_then_reuses_it(tmp_path):

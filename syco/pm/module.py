@@ -135,7 +135,18 @@ class PreferenceModelModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # a metric with no items reports count 0 (undefined), which is what we want: no warning
-        warnings.filterwarnings("ignore", message=".*compute.*called before the ..update.. method.*")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*compute.*called before the ..update.. method.*")
+            results = self._validation_results()
+        for metric in [self.accuracy_all, self.margin, self.chosen_reward, self.rejected_reward, self.reward,
+                       self.syco_rate, self.length_corr, *self.accuracy.values()]:
+            metric.reset()
+        self.last_validation = {k: v for k, v in results.items() if v["count"]}
+        # values are already summed across ranks by the metrics: no further sync
+        for name, result in self.last_validation.items():
+            self.log(name.replace("heldout/", "val/"), result["value"], prog_bar=name == "heldout/accuracy")
+
+    def _validation_results(self) -> dict[str, dict[str, float]]:
         results: dict[str, dict[str, float]] = {
             "heldout/accuracy": self.accuracy_all.compute(),
             "heldout/margin": self.margin.compute(),
@@ -152,10 +163,4 @@ class PreferenceModelModule(L.LightningModule):
         if int(self.accuracy_all.count) >= 2:
             results["heldout/reward_length_corr"] = {"value": float(self.length_corr.compute()), "stderr": math.nan,
                                                      "count": 2 * int(self.accuracy_all.count)}
-        for metric in [self.accuracy_all, self.margin, self.chosen_reward, self.rejected_reward, self.reward,
-                       self.syco_rate, self.length_corr, *self.accuracy.values()]:
-            metric.reset()
-        self.last_validation = {k: v for k, v in results.items() if v["count"]}
-        # values are already summed across ranks by the metrics: no further sync
-        for name, result in self.last_validation.items():
-            self.log(name.replace("heldout/", "val/"), result["value"], prog_bar=name == "heldout/accuracy")
+        return results

@@ -64,6 +64,14 @@ class PPOModule(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.steps_this_fit = 0
 
+    @property
+    def attached(self) -> bool:
+        """Whether a Trainer runs the module (tests also drive it directly)."""
+        try:
+            return self.trainer is not None
+        except RuntimeError:  # Lightning: "not attached to a `Trainer`"
+            return False
+
     # setup --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         for m in (self.ac, self.pm, self.gold_pm):
@@ -107,7 +115,7 @@ class PPOModule(L.LightningModule):
         step = self.ppo_step + 1
         start = time.time()
         self.ac.eval()
-        rank, world = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
+        rank, world = self.global_rank, self.trainer.world_size if self.attached else 1
         k = cfg.samples_per_prompt
         prompts = [p for p in step_prompts(self.prompts, self.ppo_step, cfg.batch_size // k, self.seed, rank, world)
                    for _ in range(k)]  # consecutive groups of k samples of one prompt
@@ -226,7 +234,7 @@ class PPOModule(L.LightningModule):
                     f"({self.run_dir / 'policy'}) are untouched.")
 
     def _all_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self._trainer is None or self.trainer.world_size == 1:
+        if not self.attached or self.trainer.world_size == 1:
             return value
         return self.trainer.strategy.reduce(value.detach(), reduce_op="mean")
 
@@ -266,7 +274,7 @@ class PPOModule(L.LightningModule):
         path = self.run_dir / "policy" / f"step_{step}"
         if self.global_rank == 0:
             self.ac.save_policy(path, meta={**self.info, **row, "ppo_config": asdict(self.cfg)})
-        if self._trainer is not None:
+        if self.attached:
             self.trainer.strategy.barrier("ppo-save")
         row["adapter"] = str(path)
         self.eval_history = [r for r in self.eval_history if r["step"] != step] + [row]
@@ -274,9 +282,10 @@ class PPOModule(L.LightningModule):
             write_json_atomic(self.run_dir / "ppo_eval.json", self.eval_history)
             # straight to the loggers, at the step Lightning gives this PPO step's row (W&B merges the
             # two): through self.log, Lightning would repeat these values in every later row until the
-            # next evaluation. The same on every rank (fixed prompts and seed): no all-reduce.
-            trainer = self._trainer
-            logger_step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer is not None and step > 0 else 0
+            # next evaluation. Lightning logs the row of a training batch at the number of batches
+            # before it, which for PPO step k (one batch each, counted in the checkpointed ppo_step)
+            # is k - 1. The same on every rank (fixed prompts and seed): no all-reduce.
+            logger_step = max(step - 1, 0)
             for lg in self.loggers:
                 lg.log_metrics({**metrics, "ppo_step": float(step)}, step=logger_step)
         log.info("step %d: %s", step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -77,10 +77,6 @@ def build(cfg: DictConfig) -> tuple[PPOModule, PPOConfig]:
 def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Path) -> L.Trainer:
     """cfg.trainer with what manual PPO optimization needs: the step budget in optimizer steps
     (Lightning counts those), clipping and accumulation done by the module, no validation loop."""
-    # intended: the LM stays in eval mode (no dropout: the first PPO ratio is exactly 1), and a
-    # checkpoint holds the state after the step's optimizer updates
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-    warnings.filterwarnings("ignore", message=r".*manual optimization and every_n_train_steps.*")
     per_rollout = ppo.optimizer_steps_per_rollout
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=ppo.checkpoint_every * per_rollout)
@@ -88,6 +84,16 @@ def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Pa
                        max_steps=ppo.total_steps * per_rollout, max_epochs=-1, gradient_clip_val=None,
                        accumulate_grad_batches=1, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
                        val_check_interval=None)
+
+
+def fit(trainer: L.Trainer, module: PPOModule, ckpt_path: str | None = None) -> None:
+    """Train over the endless step stream. Lightning's warnings about what PPO intends are silenced
+    for this call only: the LM stays in eval mode (no dropout: the first PPO ratio is exactly 1), and
+    a checkpoint holds the state after the step's optimizer updates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        warnings.filterwarnings("ignore", message=r".*manual optimization and every_n_train_steps.*")
+        trainer.fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None), ckpt_path=ckpt_path)
 
 
 def run_ppo(cfg: DictConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def run_ppo(cfg: DictConfig, extra: Mapping[str, Any] | None = None) -> dict[str
     if ckpt:
         log.info("resuming from %s", ckpt)
     fit_start = time.time()
-    trainer.fit(module, train_dataloaders=DataLoader(Steps(), batch_size=None), ckpt_path=ckpt)
+    fit(trainer, module, ckpt)
     fit_time = time.time() - fit_start
     # the final state too, so that `ckpt_path=last` finds a finished run
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
