@@ -94,7 +94,7 @@ def markdown(opts: Sequence[Option], conf: Path = CONF) -> str:
         last = o.group
         default = f" (default{' of ' + ', '.join(o.default_in) if len(defaults) > 1 and len(o.default_in) == 1 else ''})" \
             if o.default_in else ""
-        text = (o.description or "").replace("|", "\\|")
+        text = (o.description or "").replace("|", "\\|").replace("<", "\\<")  # markdown: no table break, no tag
         lines.append(f"| {group} | `{o.name}`{default} | {text} |")
     return "\n".join(lines)
 
@@ -104,9 +104,14 @@ def missing_descriptions(opts: Sequence[Option]) -> list[str]:
             "describing the option" for o in opts if not o.description]
 
 
+def _block(text: str) -> re.Match[str] | None:
+    return re.search(re.escape(MARKERS[0]) + r"\n(.*?)" + re.escape(MARKERS[1]), text, re.S)
+
+
 def readme_block(text: str) -> str | None:
-    m = re.search(re.escape(MARKERS[0]) + r"\n(.*?)\n" + re.escape(MARKERS[1]), text, re.S)
-    return m.group(1) if m else None
+    """The table between README's generated markers (None without them)."""
+    m = _block(text)
+    return m.group(1).rstrip("\n") if m else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table)
         return 0
     text = README.read_text()
-    if readme_block(text) is None:
+    m = _block(text)
+    if m is None:
         print(f"{README}: no {MARKERS[0]} ... {MARKERS[1]} block", file=sys.stderr)
         return 1
-    README.write_text(text.replace(readme_block(text), table, 1))
+    README.write_text(text[:m.start()] + f"{MARKERS[0]}\n{table}\n{MARKERS[1]}" + text[m.end():])
     return 0
 
 
