@@ -3,8 +3,8 @@
     python scripts/config_options.py            # print the table
     python scripts/config_options.py --write    # rewrite README.md's copy (between the generated markers)
 
-An option is a file conf/<group>/<option>.yaml; its description is the file's first comment line (a
-`# @package ...` line is skipped), so a new option documents itself where it is written. The
+An option is a file conf/<group>/<option>.yaml; its description is the first sentence of the file's
+first comment (a `# @package ...` line is skipped), so a new option documents itself where it is written. The
 entry-point column says which of train.py (conf/train.yaml) and evaluate.py (conf/evaluate.yaml)
 composes the group, and which option each takes by default. conf/local/ (git-ignored, per machine)
 is left out.
@@ -39,17 +39,25 @@ class Option:
 
 
 def description(path: Path) -> str | None:
-    """The first comment line of an option file, without `# @package` directives."""
+    """The first sentence of an option file's first comment paragraph (`# @package` directives
+    skipped; the paragraph ends at a blank or non-comment line or an indented example line)."""
+    lines = []
     for line in path.read_text().splitlines():
         s = line.strip()
-        if not s:
+        text = s.lstrip("#")
+        if s.startswith("#") and text.strip().startswith("@package"):
             continue
-        if not s.startswith("#"):
-            return None
-        text = s.lstrip("#").strip()
-        if text and not text.startswith("@package"):
-            return text
-    return None
+        if not s.startswith("#") or not text.strip() or (lines and text.startswith("   ")):
+            if lines or (s and not s.startswith("#")):
+                break
+            continue
+        lines.append(text.strip())
+    if not lines:
+        return None
+    joined = " ".join(lines)
+    end = re.search(r"\.(?=\s+[A-Z(`\"]|$)", joined)
+    sentence = joined[: end.end()] if end else joined
+    return sentence.rstrip(":").strip()
 
 
 def entry_defaults(conf: Path = CONF) -> dict[str, dict[str, str | None]]:
@@ -100,7 +108,7 @@ def markdown(opts: Sequence[Option], conf: Path = CONF) -> str:
 
 
 def missing_descriptions(opts: Sequence[Option]) -> list[str]:
-    return [f"{o.path.relative_to(REPO) if o.path.is_relative_to(REPO) else o.path}: no first comment line "
+    return [f"{o.path.relative_to(REPO) if o.path.is_relative_to(REPO) else o.path}: no first comment "
             "describing the option" for o in opts if not o.description]
 
 
