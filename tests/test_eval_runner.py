@@ -223,7 +223,7 @@ def test_pools_fill_each_generate_batch(tmp_path, batch_size, expected_calls):
     whichever is larger, so a large GPU batch is not cut to a few prompts per call."""
     from syco.data.records import EvalRecord
     from syco.data.samples import SampleStore
-    from syco.eval.runner import generate
+    from syco.eval.generation import generate
 
     records = [EvalRecord("answer", "plain", [{"type": "human", "content": f"q{i}"}], {"id": f"q{i}"})
                for i in range(8)]

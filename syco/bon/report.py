@@ -1,13 +1,20 @@
-"""Best-of-n outputs: metric-vs-n and metric-vs-KL plots (PNG), and W&B with custom x-axes."""
+"""Best-of-n outputs: metric-vs-n and metric-vs-KL plots (PNG), W&B with custom x-axes, a table of
+selected samples, and the log."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from syco.tracking import Report, flat_metrics, save_figure_atomic
+import numpy as np
+
+from syco.core.best_of_n import best_of_n_weights
+from syco.tracking import Report, flat_metrics, save_figure_atomic, walk_metrics
+
+log = logging.getLogger(__name__)
 
 # the curves worth a figure: (task, metric)
 HEADLINE = (
@@ -105,3 +112,56 @@ def report(summary: Mapping[str, Any], plots: Sequence[Path], table: list[list[A
         images=list(plots),
         tables={"bon/selected": (["task", "pm", "n", "dataset", "template", "prompt", "selected_response",
                                   "verdicts"], table)})
+
+
+def selected(pool: Mapping[str, Any], scores: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One best-of-n draw from the pool (a random n-subset, ties broken at random): for tables."""
+    subset = rng.choice(len(scores), size=n, replace=False)
+    w = best_of_n_weights(scores[subset], n)
+    return pool["samples"][int(subset[rng.choice(n, p=w)])]
+
+
+def selection_table(pools: Mapping[str, list[dict[str, Any]]], scores: Mapping[str, Mapping[str, np.ndarray]],
+                    grid: list[int], seed: int, table_n: Any) -> list[list[Any]]:
+    """Rows (task, pm, n, dataset, template, prompt, selected response, verdict) for a W&B table."""
+    ns = sorted({int(n) for n in table_n} & set(grid)) if table_n else sorted({grid[0], grid[len(grid) // 2], grid[-1]})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for task, task_pools in pools.items():
+        for pm_name, pm_scores in scores.items():
+            for p in task_pools:
+                if p["record"].key not in pm_scores or len(p["samples"]) < 2:
+                    continue
+                for n in (n for n in ns if n <= len(p["samples"])):
+                    s = selected(p, pm_scores[p["record"].key], n, rng)
+                    rows.append([task, pm_name, n, p["record"].dataset, p["record"].template,
+                                 p["record"].prompt[0]["content"], s["responses"][0], str(s.get("verdicts", {}))])
+    return rows
+
+
+# the metrics the log shows, for every task
+HEADLINE_METRICS = ("sycophancy", "suggestion_adoption", "sycophantic", "mimicry", "accuracy/suggest_incorrect", "refutes")
+
+
+def log_summary(summary: Mapping[str, Any]) -> None:
+    first = min(map(int, summary["n_grid"]))
+    changes = [*summary.get("differences", {}).items(),
+               *((f"{pm}: n - {first}", by_n) for pm, by_n in summary.get("rises", {}).items())]
+    for pair, by_n in changes:
+        for (n, task, dataset, name), m in walk_metrics(by_n):
+            if name in HEADLINE_METRICS and m.get("ci"):
+                log.info("%-18s n=%-4s %-14s %-16s %-26s %+.3f [%+.3f, %+.3f] (paired)", pair, n, task, dataset, name,
+                         m["value"], *m["ci"])
+    for (pm_name, n, task, dataset, name), m in walk_metrics(summary["results"]):
+        if name in HEADLINE_METRICS and m.get("value") is not None:
+            ci = m.get("ci") or [float("nan")] * 2
+            log.info("%-10s n=%-4s %-14s %-16s %-26s %.3f [%.3f, %.3f] (n_items=%d)", pm_name, n, task, dataset, name,
+                     m["value"], ci[0], ci[1], m.get("count", 0))
+    for (pm_name, pool_name, name), m in walk_metrics(summary.get("pool_preferences", {})):
+        if m.get("value") is not None:
+            se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+            log.info("%-10s pool %-28s %-36s %.3f%s (items=%d)", pm_name, pool_name, name, m["value"], se, m["count"])
+    for (pm_name, dataset, name), m in walk_metrics(summary.get("probe_preferences", {})):
+        if m.get("value") is not None:
+            se = f" ± {m['stderr']:.3f}" if m.get("stderr") is not None else ""
+            log.info("%-10s probe %-10s %-44s %.3f%s (n=%d)", pm_name, dataset, name, m["value"], se, m["count"])

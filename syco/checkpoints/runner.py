@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from syco.bon.estimate import bootstrap_difference
@@ -156,13 +157,8 @@ def evaluate_step(cfg: DictConfig, ckpt: Checkpoint, folder: Path) -> dict[str, 
     log.info("step %d: evaluating %s into %s", ckpt.step, ckpt.adapter or "the base model", folder)
     summary = evaluate_policy(step_cfg)
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return summary
 
 
@@ -234,18 +230,35 @@ def load_json(path: str | Path, what: str, keys: Sequence[str]) -> dict[str, Any
     return data
 
 
-def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
-    start = time.time()
+@dataclass
+class Inputs:
+    """`checkpoints.*` read and checked before any step is evaluated."""
+
+    run: Path  # the PPO run folder
+    out: Path  # <out>/step_<k>/: one evaluation per step
+    checkpoints: list[Checkpoint]
+    kl_key: str
+    z: float  # normal interval of each step's metrics: value +- z * stderr
+    rounds: int  # bootstrap rounds of the paired rises and differences
+    bon: dict[str, Any] | None  # a best-of-n results.json to overlay on the KL axis
+    overlays: list[dict[str, Any]]  # other runs' checkpoints.json to plot beside
+    versus: Path | None  # another run's evaluations: this run minus that one, per step
+    pm_scorers: list[dict[str, Any]]  # PMs that score every step's samples
+
+    def folder(self, step: int) -> Path:
+        return self.out / f"step_{step}"
+
+
+def read_inputs(cfg: DictConfig) -> Inputs:
     ck = cfg.checkpoints
     if OmegaConf.is_missing(ck, "run") or not ck.run:
         raise ValueError("method=checkpoints needs checkpoints.run=<a train.py task=ppo run folder>")
     run, out = Path(str(ck.run)).expanduser(), Path(str(ck.out)).expanduser()
     steps = list(ck.steps) if ck.get("steps") is not None else None
-    kl_key, z = str(ck.get("kl_key", "eval/kl")), float(ck.get("z", 1.96))
+    kl_key = str(ck.get("kl_key", "eval/kl"))
     checkpoints = discover(run, steps, bool(ck.get("start", True)), kl_key)
     bon = load_json(ck.bon, "checkpoints.bon", ("kl_nominal", "results")) if ck.get("bon") else None
     overlays = [load_json(p, "checkpoints.overlay", ("points", "results")) for p in ck.get("overlay") or []]
-    rounds = int(ck.get("bootstrap_rounds", 300))
     versus = Path(str(ck.versus)).expanduser() if ck.get("versus") else None
     if versus is not None and not versus.is_dir():
         raise FileNotFoundError(f"checkpoints.versus={versus}: no such folder (another run's "
@@ -254,16 +267,50 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     for c in checkpoints:
         model_config(cfg, c)  # a wrong base fails here, before any step is evaluated
     log.info("%d checkpoints of %s: steps %s", len(checkpoints), run, [c.step for c in checkpoints])
+    return Inputs(run, out, checkpoints, kl_key, float(ck.get("z", 1.96)), int(ck.get("bootstrap_rounds", 300)), bon,
+                  overlays, versus, pm_scorers)
 
-    summaries = {c.step: evaluate_step(cfg, c, out / f"step_{c.step}") for c in checkpoints}
-    meta = checkpoints[-1].meta
-    judges = list(summaries[checkpoints[-1].step].get("judges") or [])
+
+def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate every saved step (the normal evaluation, resumable), then each metric against step
+    and KL, the paired rises from the first step, this run against another, and PM scores."""
+    start = time.time()
+    inputs = read_inputs(cfg)
+    summaries = {c.step: evaluate_step(cfg, c, inputs.folder(c.step)) for c in inputs.checkpoints}
+    judge, judges = choose_judge(cfg.checkpoints, summaries[inputs.checkpoints[-1].step])
+    summary = {
+        **describe(cfg, inputs, judge, judges),
+        "results": collect(inputs.checkpoints, summaries, inputs.z),
+        **paired_changes(inputs, judge),
+        "bon": {"path": str(cfg.checkpoints.bon), "judge": inputs.bon.get("judge"),
+                "kl_nominal": inputs.bon["kl_nominal"]} if inputs.bon else None,
+        "wall_time_s": time.time() - start,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    _check_bon_policy(inputs.bon, inputs.checkpoints[0], judge)
+    write_json_atomic(inputs.out / "checkpoints.json", summary)
+    plots = plot_checkpoints(summary, inputs.out / "plots", bon=inputs.bon, overlays=inputs.overlays)
+    send(build_loggers(cfg), report(summary, plots, inputs.bon))
+    log_summary(summary)
+    log.info("wrote %s and %d plots in %s", inputs.out / "checkpoints.json", len(plots), inputs.out / "plots")
+    return summary
+
+
+def choose_judge(ck: Any, last: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """`checkpoints.judge`, or the evaluation's first judge; and every judge it has."""
+    judges = list(last.get("judges") or [])
     judge = str(ck.judge) if ck.get("judge") else (judges[0] if judges else None)
     if judge not in judges:
         raise ValueError(f"checkpoints.judge={judge!r} is not one of the evaluation's judges {judges}")
-    summary = {
+    return judge, judges
+
+
+def describe(cfg: DictConfig, inputs: Inputs, judge: str, judges: list[str]) -> dict[str, Any]:
+    """What was evaluated: the run, its PMs, the KL axis and every step's point on it."""
+    ck, meta = cfg.checkpoints, inputs.checkpoints[-1].meta
+    return {
         "method": "ppo_checkpoints",
-        "run": str(run),
+        "run": str(inputs.run),
         "pm": meta.get("pm"),
         "gold_pm": meta.get("gold_pm"),
         "init_adapter": meta.get("init_adapter"),
@@ -271,36 +318,30 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
         "eval_name": str(ck.name),
         "judge": judge,
         "judges": judges,
-        "kl": kl_info(meta, kl_key),
-        "interval": f"value +- {z} * stderr (normal)",
-        "steps": [c.step for c in checkpoints],
+        "kl": kl_info(meta, inputs.kl_key),
+        "interval": f"value +- {inputs.z} * stderr (normal)",
+        "steps": [c.step for c in inputs.checkpoints],
         "points": [{"step": c.step, "kl": c.kl, "kl_source": c.kl_source,
                     "adapter": str(c.adapter) if c.adapter else None,
-                    "results": str(out / f"step_{c.step}" / "results.json"),
+                    "results": str(inputs.folder(c.step) / "results.json"),
                     "ppo_eval": {k: v for k, v in c.meta.items() if k.startswith("eval/") or k == "kl_coef"}}
-                   for c in checkpoints],
-        "results": collect(checkpoints, summaries, z),
-        # metric(step) - metric(first step), paired by item, bootstrap percentile interval
-        "rises": paired_rises({c.step: out / f"step_{c.step}" for c in checkpoints}, judge, rounds)
-        if len(checkpoints) > 1 else {},
-        # this run minus another run's evaluation (checkpoints.versus) at each step both evaluated
-        "versus": {"path": str(versus), "differences": paired_differences(
-            {str(c.step): (out / f"step_{c.step}", versus / f"step_{c.step}") for c in checkpoints
-             if (versus / f"step_{c.step}" / "samples.jsonl").is_file()}, judge, rounds)} if versus else None,
-        # each step's samples scored by the named PMs: level, and rise from the first step paired by item
-        "pm_scores": checkpoint_pm_scores({c.step: out / f"step_{c.step}" for c in checkpoints}, pm_scorers, judge,
-                                          rounds) if pm_scorers else {},
-        "bon": {"path": str(ck.bon), "judge": bon.get("judge"), "kl_nominal": bon["kl_nominal"]} if bon else None,
-        "wall_time_s": time.time() - start,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+                   for c in inputs.checkpoints],
     }
-    _check_bon_policy(bon, checkpoints[0], judge)
-    write_json_atomic(out / "checkpoints.json", summary)
-    plots = plot_checkpoints(summary, out / "plots", bon=bon, overlays=overlays)
-    send(build_loggers(cfg), report(summary, plots, bon))
-    log_summary(summary)
-    log.info("wrote %s and %d plots in %s", out / "checkpoints.json", len(plots), out / "plots")
-    return summary
+
+
+def paired_changes(inputs: Inputs, judge: str) -> dict[str, Any]:
+    """Paired by item, with bootstrap percentile intervals: each later step minus the first (rises),
+    this run minus checkpoints.versus at each step both evaluated, and the PM scores' levels and rises."""
+    folders = {c.step: inputs.folder(c.step) for c in inputs.checkpoints}
+    versus = inputs.versus
+    return {
+        "rises": paired_rises(folders, judge, inputs.rounds) if len(folders) > 1 else {},
+        "versus": {"path": str(versus), "differences": paired_differences(
+            {str(step): (folder, versus / f"step_{step}") for step, folder in folders.items()
+             if (versus / f"step_{step}" / "samples.jsonl").is_file()}, judge, inputs.rounds)} if versus else None,
+        "pm_scores": checkpoint_pm_scores(folders, inputs.pm_scorers, judge, inputs.rounds)
+        if inputs.pm_scorers else {},
+    }
 
 
 def _check_bon_policy(bon: Mapping[str, Any] | None, first: Checkpoint, judge: str | None) -> None:
