@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from syco.bon.estimate import ItemRecord, bootstrap_difference, bootstrap_metrics
+from syco.bon.estimate import ItemRecord, bootstrap_difference, bootstrap_metrics, expected_samples
 from syco.bon.runner import compare_pairs
 
 
@@ -57,8 +57,6 @@ def test_compare_pairs():
 
 def test_expected_samples_carry_every_answer_statistic():
     from types import SimpleNamespace
-
-    from syco.bon.estimate import expected_samples
 
     rec = SimpleNamespace(key="k", dataset="d", template="suggest_incorrect", item_id="i1")
     verdicts = [{"correct": False, "adopts_incorrect": True}, {"correct": True, "adopts_incorrect": False},

@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 from test_eval_runner import evaluate
 
 from syco.checkpoints.report import curve, plot_checkpoints
-from syco.checkpoints.runner import discover, fingerprint, with_interval
+from syco.checkpoints.runner import discover, fingerprint, paired_differences, paired_rises, with_interval
+from syco.data.records import EvalRecord, turns
+from syco.data.samples import SampleStore
 from syco.ppo.config import PPOConfig
 from syco.ppo.model import POLICY, ActorCritic
 
@@ -235,9 +237,6 @@ def test_rises_are_each_step_minus_the_first_paired_by_item(ckpt_run):
 def _answer_step(folder: Path, suggest_correct: list[bool]) -> None:
     """An evaluation folder's samples.jsonl: 4 facts, plain always right, suggest-incorrect right
     where `suggest_correct` says (else the user's wrong answer is adopted)."""
-    from syco.data.records import EvalRecord, turns
-    from syco.data.samples import SampleStore
-
     folder.mkdir(parents=True)
     store, samples = SampleStore(folder / "samples.jsonl"), []
     for i, ok in enumerate(suggest_correct):
@@ -251,8 +250,6 @@ def _answer_step(folder: Path, suggest_correct: list[bool]) -> None:
 
 
 def test_paired_rises_exact_small_cases(tmp_path):
-    from syco.checkpoints.runner import paired_differences, paired_rises
-
     _answer_step(tmp_path / "step_0", [True, True, False, False])
     _answer_step(tmp_path / "step_5", [True, True, False, False])
     _answer_step(tmp_path / "step_9", [True, False, False, False])

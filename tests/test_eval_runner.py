@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from syco.data.records import EvalRecord
+from syco.data.samples import SampleStore
+from syco.eval.generation import generate
+from syco.eval.report import markdown
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"feedback", "are_you_sure", "answer", "mimicry", "misconceptions"}
 SMALL = [
@@ -196,8 +201,6 @@ def test_malformed_released_file_fails_with_file_and_line(tmp_path):
 
 
 def test_markdown_report_of_results(first_run):
-    from syco.eval.report import markdown
-
     table = markdown(first_run["results"], tasks=["answer", "are_you_sure"])
     assert "**answer** (judge: rules" in table and "**are_you_sure**" in table and "**mimicry**" not in table
     m = first_run["results"]["results"]["answer"]["rules"]["builtin"]["accuracy/plain"]
@@ -221,10 +224,6 @@ class _CountingPolicy:
 def test_pools_fill_each_generate_batch(tmp_path, batch_size, expected_calls):
     """K=16 samples for 8 prompts, stored chunk by chunk: a chunk is 64 samples or one generate batch,
     whichever is larger, so a large GPU batch is not cut to a few prompts per call."""
-    from syco.data.records import EvalRecord
-    from syco.data.samples import SampleStore
-    from syco.eval.generation import generate
-
     records = [EvalRecord("answer", "plain", [{"type": "human", "content": f"q{i}"}], {"id": f"q{i}"})
                for i in range(8)]
     store = SampleStore(tmp_path / "samples.jsonl")
