@@ -4,6 +4,7 @@ round trip, resume, and `train.py task=ppo|rlhf` end to end."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -18,12 +19,17 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import syco.ppo.module as ppo_module
+from syco.core.advantages import gae, masked_whiten
 from syco.core.kl import kl_per_token
+from syco.core.ppo import token_rewards
 from syco.pm.model import PreferenceModel, load
-from syco.ppo.config import PPOConfig
+from syco.policy import Policy
+from syco.ppo.config import PPOConfig, RewardConfig
 from syco.ppo.model import POLICY, VALUE, ActorCritic, SharedBasePM
 from syco.ppo.prompts import belief_prompts, step_prompts
-from syco.ppo.rewards import RunningMoments
+from syco.ppo.rewards import RunningMoments, shape_scores
+from syco.ppo.rlhf import pm_cache_key
+from syco.ppo.rlhf import run as run_rlhf
 from syco.ppo.rollout import evaluate, sample, sampling_config, stop_mask
 from syco.ppo.training import Steps, build, run_ppo, trainer_for
 
@@ -147,8 +153,6 @@ def test_reward_read_at_the_right_token_left_and_right_padded(built, pm_path):
 
 
 def test_reward_shaping_and_running_moments():
-    from syco.ppo.config import RewardConfig
-    from syco.ppo.rewards import shape_scores
 
     running = RunningMoments()
     xs = torch.tensor([1.0, 2.0, 3.0, 10.0])
@@ -188,8 +192,6 @@ def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_
 
 
 def test_ppo_loss_moves_the_policy_towards_rewarded_responses(built):
-    from syco.core.advantages import gae, masked_whiten
-    from syco.core.ppo import token_rewards
 
     ac = ActorCritic.create(built.ac.model_cfg, seed=1)
     module = ppo_module.PPOModule(ac, built.pm, built.cfg, built.prompts, built.eval_prompts, built.run_dir)
@@ -262,7 +264,7 @@ def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
     assert module.last_metrics["objective/kl_coef"] == pytest.approx(0.2 * (1 - 0.2 * 4 / 100))
     # resume: controller, step counter, optimizer come back from last.ckpt
     cfg3 = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=3", *over)
-    resumed, ppo3 = build(cfg3, pm_path)
+    resumed, ppo3 = build(cfg3)
     ckpt = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     trainer = fit(resumed, cfg3, ppo3, ckpt_path=str(ckpt))
@@ -272,7 +274,7 @@ def test_adaptive_kl_controller_updates_and_resumes(tmp_path, pm_path):
 
 def test_non_finite_loss_raises_and_keeps_the_last_good_adapter(tmp_path, pm_path, monkeypatch):
     cfg = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=1")
-    run_ppo(cfg, pm_path)
+    run_ppo(cfg)
     run_dir = Path(cfg.run_dir)
     good = tree_digest(run_dir / "policy" / "step_1")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -287,7 +289,7 @@ def test_non_finite_loss_raises_and_keeps_the_last_good_adapter(tmp_path, pm_pat
     monkeypatch.setattr(ppo_module, "policy_loss", nan_loss)
     cfg2 = ppo_cfg(tmp_path, pm_path, "ppo.total_steps=2", "ckpt_path=last")
     with pytest.raises(FloatingPointError, match=r"PPO step 2 \(PPO epoch 0, mini-batch 0\): non-finite policy loss"):
-        run_ppo(cfg2, pm_path)
+        run_ppo(cfg2)
     assert tree_digest(run_dir / "policy" / "step_1") == good
     assert not (run_dir / "policy" / "step_2").exists()
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == ckpt_digest
@@ -306,7 +308,6 @@ def test_saved_adapter_reloads_to_identical_logprobs(tmp_path, tiny_model_cfg):
     again = evaluate(reloaded, r.select(range(len(r))), 1.0, 4)
     assert torch.equal(again.logprobs, r.logprobs)
     # and evaluate.py's Policy (adapter merged into the base) reads the same policy
-    from syco.policy import Policy
 
     policy = Policy(tiny_model_cfg, adapter=path, device="cpu")
     with torch.no_grad():
@@ -372,7 +373,6 @@ def test_train_cli_task_ppo_two_steps(tmp_path, pm_path):
 def test_eval_metrics_are_logged_only_at_evaluated_steps(tmp_path, pm_path):
     """Evaluation every 2 steps of 4: the CSV holds eval values at PPO steps 0, 2 and 4
     and nowhere else, not repeated stale in the rows between."""
-    import csv
 
     run = tmp_path / "cli"
     train_cli_ppo(run, pm_path, "ppo.total_steps=4", "ppo.eval.every=2")
@@ -392,18 +392,16 @@ def test_eval_metrics_are_logged_only_at_evaluated_steps(tmp_path, pm_path):
 def test_task_rlhf_trains_the_pm_once_then_reuses_it(tmp_path):
     over = ["task=rlhf", "model=tiny", "pm=standard", "data.max_train_pairs=8", "data.max_val_pairs=8",
             f"rlhf.pm_cache={tmp_path / 'cache'}", "ppo.total_steps=1", "ppo.eval.at_start=false", *SMALL]
-    from syco.ppo.rlhf import run
 
     first = compose_config("train", [f"run_dir={tmp_path / 'a'}", f"shared_data={SHARED_DATA}", *over])
-    m1 = run(first)
+    m1 = run_rlhf(first)
     assert m1["pm_stage"]["source"] == "trained" and m1["ppo_steps"] == 1
     assert (tmp_path / "a" / "pm" / "pm" / "syco_pm.json").is_file()
     assert m1["pm_stage"]["metrics"]["heldout/accuracy"]["count"] == 8
     second = compose_config("train", [f"run_dir={tmp_path / 'b'}", f"shared_data={SHARED_DATA}", *over])
-    m2 = run(second)
+    m2 = run_rlhf(second)
     assert m2["pm_stage"]["source"] == "cache" and m2["pm_stage"]["key"] == m1["pm_stage"]["key"]
     assert not (tmp_path / "b" / "pm").exists()
     other = compose_config("train", [f"run_dir={tmp_path / 'c'}", f"shared_data={SHARED_DATA}", *over, "seed=1"])
-    from syco.ppo.rlhf import pm_cache_key
 
     assert pm_cache_key(other) != m1["pm_stage"]["key"]
