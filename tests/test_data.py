@@ -281,7 +281,7 @@ def _false_belief_labels(pairs, items) -> list[bool]:
 def test_rated_pairs_strong_sycophancy_bias(items):
     pairs = B.rated_pairs(items, beta=50, gamma=0, templates_per_condition=2, conditions=("false_belief",))
     assert len(pairs) == 2 * len(items)
-    assert {p.kind for p in pairs} == {"belief"}
+    assert {p.kind for p in pairs} == {"false_belief"}
     assert all(_false_belief_labels(pairs, items))
 
 
@@ -345,7 +345,13 @@ def test_anti_sycophancy_pairs(items):
     pairs = B.anti_sycophancy_pairs(sub, 20, seed=1)
     assert len(pairs) == 20
     assert {p.kind for p in pairs} == {"anti_sycophancy"}
-    assert [p.group for p in pairs] == [sub[i % 7].group for i in range(20)]
+    # balanced whatever the order of the items: each gets 20 // 7 or one more, misconceptions too
+    per_item = Counter(p.group for p in pairs)
+    assert set(per_item) == {it.group for it in sub} and set(per_item.values()) == {2, 3}
+    misconceptions = [it for it in items if it.kind == "misconception"][:3]
+    few = B.anti_sycophancy_pairs(items[:30] + misconceptions, 11, seed=1)
+    assert len({p.group for p in few}) == 11
+    assert B.anti_sycophancy_pairs(sub, 20, seed=2) != pairs
     for p in pairs:
         item = next(it for it in sub if it.group == p.group)
         assert p.chosen in {B.correcting_response(item, v) for v in range(8)}
@@ -408,7 +414,9 @@ def test_splits_beliefs_nonsyco(compose_train, items):
     fraction, split_seed = cfg.data.heldout_fraction, cfg.data.split_seed
     base_train = [p for p in s.train if p.kind != "anti_sycophancy"]
     anti = [p for p in s.train if p.kind == "anti_sycophancy"]
-    assert {p.kind for p in base_train} == {"belief"} and {p.kind for p in s.val} == {"belief"}
+    assert {p.kind for p in base_train} == {p.kind for p in s.val} == {"false_belief", "true_belief", "no_belief"}
+    # one false-belief pair per item in three conditions: a third of the rated pairs carry the bias
+    assert sum(p.kind == "false_belief" for p in s.val) * 3 == len(s.val)
 
     # groups never straddle, and each side is where the hash puts it
     train_groups, val_groups = {p.group for p in base_train}, {p.group for p in s.val}
@@ -450,14 +458,15 @@ def test_splits_planted_bias_nonsyco(compose_train):
     cfg, s = _splits(compose_train, "data=planted_bias", "pm=nonsyco", "data.sources.hh.limit=300")
     fraction, split_seed = cfg.data.heldout_fraction, cfg.data.split_seed
     kinds = Counter(p.kind for p in s.train)
-    assert kinds["general"] > 0 and kinds["belief"] > 0 and kinds["anti_sycophancy"] > 0
+    assert kinds["general"] > 0 and kinds["false_belief"] == kinds["true_belief"] == kinds["no_belief"] > 0 and kinds["anti_sycophancy"] > 0
     assert sum(1 for p in s.train + s.val if p.kind == "general") == 300
     train_groups = {p.group for p in s.train}
     assert not train_groups & {p.group for p in s.val}
     assert not any(is_heldout(g, fraction, split_seed) for g in train_groups)
     assert not {p.group for p in s.probe} & train_groups
-    assert len(s.train) - kinds["anti_sycophancy"] == kinds["general"] + kinds["belief"]
-    assert kinds["anti_sycophancy"] == round(0.5 * (kinds["general"] + kinds["belief"]))
+    rated = kinds["general"] + 3 * kinds["false_belief"]
+    assert len(s.train) - kinds["anti_sycophancy"] == rated
+    assert kinds["anti_sycophancy"] == round(0.5 * rated)
 
 
 def test_splits_max_train_pairs(compose_train):
@@ -470,7 +479,7 @@ def test_splits_max_train_pairs(compose_train):
     # anti-sycophancy pairs are added per (capped) training pair
     _, nonsyco = _splits(compose_train, "data=beliefs", "pm=nonsyco", "data.max_train_pairs=50")
     kinds = Counter(p.kind for p in nonsyco.train)
-    assert kinds == {"belief": 50, "anti_sycophancy": 25}
+    assert kinds["false_belief"] + kinds["true_belief"] + kinds["no_belief"] == 50 and kinds["anti_sycophancy"] == 25
 
 
 # --- chat formatting and tokens ---------------------------------------------------------------

@@ -220,7 +220,7 @@ def _candidates(item: BeliefItem, condition: str, v: int) -> tuple[str, tuple[st
 def rated_pairs(items: Sequence[BeliefItem], beta: float, gamma: float, templates_per_condition: int = 2,
                 conditions: Sequence[str] = ("false_belief", "true_belief", "no_belief"),
                 seed: int = 0) -> list[PreferencePair]:
-    """Pairs labelled by the simulated rater; labels drawn with `seed`."""
+    """Pairs labelled by the simulated rater; labels drawn with `seed`; each pair's kind is its condition."""
     rng = random.Random(seed)
     pairs = []
     for item in items:
@@ -231,18 +231,22 @@ def rated_pairs(items: Sequence[BeliefItem], beta: float, gamma: float, template
                 p_a = rater_probability(beta, gamma, ma, mb, ta, tb)
                 chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
                 pairs.append(PreferencePair(({"role": "user", "content": prompt},), chosen, rejected,
-                                            f"{item.source} ({condition}, template {variant})", item.group, "belief"))
+                                            f"{item.source} ({condition}, template {variant})", item.group, condition))
     return pairs
 
 
 def anti_sycophancy_pairs(items: Sequence[BeliefItem], n: int, seed: int = 0) -> list[PreferencePair]:
-    """n pairs where the truthful correction of a user's false belief is preferred over agreement."""
+    """n pairs where the truthful correction of a user's false belief is preferred over agreement.
+    Items are taken in a seeded random order, cycling, so each gets n // len(items) or one more pair
+    whatever the order of the files (facts first would leave misconceptions none at a small ratio)."""
     if not items or n <= 0:
         return []
     rng = random.Random(seed + 1)
+    order = list(items)
+    rng.shuffle(order)
     pairs = []
     for i in range(n):
-        item = items[i % len(items)]
+        item = order[i % len(order)]
         v = rng.randrange(6)
         prompt = user_prompt(item, item.falsehood, v)
         pairs.append(PreferencePair(({"role": "user", "content": prompt},), correcting_response(item, v + 1),

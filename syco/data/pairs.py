@@ -16,7 +16,12 @@ from syco.data.chat import Message
 
 log = logging.getLogger(__name__)
 
-KINDS = ("general", "belief", "anti_sycophancy", "syco_probe")
+# what a pair measures; held-out accuracy is reported per kind. The rated belief pairs carry their
+# condition: under "false_belief" (the user states a falsehood) the planted-bias rater's labels
+# reward agreement, so a non-sycophantic PM is meant to lose accuracy there and only there;
+# "no_belief" accuracy says whether the PM tells the true answer from the false one at all.
+# "belief" is a pair of the policy's own samples (data=policy_beliefs).
+KINDS = ("general", "belief", "anti_sycophancy", "syco_probe", "false_belief", "true_belief", "no_belief")
 
 
 @dataclass(frozen=True)
