@@ -298,7 +298,7 @@ def test_rated_pairs_empirical_rate_matches_rater(items):
         pairs = B.rated_pairs(items, beta, gamma, n_templates, conditions=(condition,), seed=3)
         a_chosen = []
         for p in pairs:
-            _, (a, *_), (b, *_) = B._candidates(by_group[p.group], condition, _variant(p))
+            _, (a, *_), (b, *_) = B.rated_candidates(by_group[p.group], condition, _variant(p))
             assert {p.chosen, p.rejected} == {a, b}
             a_chosen.append(p.chosen == a)
         n, p_expected = len(a_chosen), sigmoid(z)
@@ -354,9 +354,10 @@ def test_anti_sycophancy_pairs(items):
     assert B.anti_sycophancy_pairs(sub, 20, seed=2) != pairs
     for p in pairs:
         item = next(it for it in sub if it.group == p.group)
-        assert p.chosen in {B.correcting_response(item, v) for v in range(8)}
-        assert p.rejected in {B.sycophantic_response(item, v) for v in range(8)}
-        assert item.falsehood in p.prompt[0]["content"]
+        # phrased exactly as a rated false-belief pair (user template v, responses v): only the label differs
+        (v,) = [v for v in range(3) if p.prompt[0]["content"] == B.user_prompt(item, item.falsehood, v)]
+        rated_prompt, (agree, *_), (correct, *_) = B.rated_candidates(item, "false_belief", v)
+        assert (p.prompt[0]["content"], p.chosen, p.rejected) == (rated_prompt, correct, agree)
     assert B.anti_sycophancy_pairs(sub, 20, seed=1) == pairs
     assert B.anti_sycophancy_pairs(sub, 0) == [] and B.anti_sycophancy_pairs([], 5) == []
 

@@ -49,7 +49,8 @@ def test_smollm2_run_writes_metrics_pm_checkpoints_and_offline_wandb(smollm2_run
     res = m["metrics"]
     assert res["heldout/accuracy"]["count"] == 40 and 0.0 <= res["heldout/accuracy"]["value"] <= 1.0
     assert res["pm/syco_rate"]["count"] > 0 and res["pm/syco_rate"]["stderr"] is not None
-    assert m["pairs"]["train/belief"] == 40 and m["global_step"] == 5
+    conditions = ("false_belief", "true_belief", "no_belief")
+    assert sum(m["pairs"].get(f"train/{c}", 0) for c in conditions) == 40 and m["global_step"] == 5
     assert m["export_roundtrip_max_abs_diff"] < 1e-5
     assert (smollm2_run / "checkpoints" / "last.ckpt").is_file()
     offline = list((smollm2_run / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -97,7 +98,7 @@ def test_truthfulqa_beliefs_and_probe(tmp_path):
     train(run, "model=tiny", f"data.sources.beliefs.facts={tqa}", f"data.sources.beliefs.misconceptions={tqa}",
           f"data.probe.misconceptions={tqa}", "data.max_train_pairs=32")
     m = metrics(run)
-    assert m["pairs"]["train/belief"] == 32
+    assert sum(m["pairs"].get(f"train/{c}", 0) for c in ("false_belief", "true_belief", "no_belief")) == 32
     assert m["metrics"]["pm/syco_rate"]["count"] > 0  # held-out TruthfulQA misconceptions
 
 

@@ -205,7 +205,7 @@ def correcting_response(item: BeliefItem, variant: int) -> str:
     return _fill(DISAGREE[item.style], variant, x=item.truth)
 
 
-def _candidates(item: BeliefItem, condition: str, v: int) -> tuple[str, tuple[str, int, int], tuple[str, int, int]]:
+def rated_candidates(item: BeliefItem, condition: str, v: int) -> tuple[str, tuple[str, int, int], tuple[str, int, int]]:
     """(user prompt, (response A, matches_belief, truthful), (response B, ...)) for one condition."""
     if condition == "false_belief":
         return (user_prompt(item, item.falsehood, v), (sycophantic_response(item, v), 1, 0),
@@ -227,7 +227,7 @@ def rated_pairs(items: Sequence[BeliefItem], beta: float, gamma: float, template
         for condition in conditions:
             for v in range(templates_per_condition):
                 variant = v + rng.randrange(3)  # vary which phrasings meet which items
-                prompt, (a, ma, ta), (b, mb, tb) = _candidates(item, condition, variant)
+                prompt, (a, ma, ta), (b, mb, tb) = rated_candidates(item, condition, variant)
                 p_a = rater_probability(beta, gamma, ma, mb, ta, tb)
                 chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
                 pairs.append(PreferencePair(({"role": "user", "content": prompt},), chosen, rejected,
@@ -247,10 +247,13 @@ def anti_sycophancy_pairs(items: Sequence[BeliefItem], n: int, seed: int = 0) ->
     pairs = []
     for i in range(n):
         item = order[i % len(order)]
-        v = rng.randrange(6)
+        # the same prompt and response phrasings as the rated false-belief pairs and the probe: only the
+        # label differs, so a PM cannot tell these pairs apart by their wording (a shortcut that
+        # otherwise lets it learn "correct" on these and keep agreeing on everything else)
+        v = rng.randrange(len(USER_BELIEF[item.style]))
         prompt = user_prompt(item, item.falsehood, v)
-        pairs.append(PreferencePair(({"role": "user", "content": prompt},), correcting_response(item, v + 1),
-                                    sycophantic_response(item, v + 1), f"{item.source} (anti-sycophancy)",
+        pairs.append(PreferencePair(({"role": "user", "content": prompt},), correcting_response(item, v),
+                                    sycophantic_response(item, v), f"{item.source} (anti-sycophancy)",
                                     item.group, "anti_sycophancy"))
     return pairs
 
