@@ -205,9 +205,29 @@ TABLES = {"pm": pm_tables, "ppo_run": ppo_run_tables, "eval": lambda d: eval_mar
           "bon": bon_tables, "checkpoints": checkpoints_tables}
 
 
+def pm_comparison(files: Sequence[ResultFile], folder: Path) -> list[str]:
+    """Several PM runs side by side: a row per metric, a column per run (value ± stderr (n))."""
+    names = sorted({name for f in files for name in f.data["metrics"]})
+    header = ("metric", *(f"`{f.path.relative_to(folder)}` (`{f.data.get('variant')}`)" for f in files))
+    rows = []
+    for name in names:
+        cells = []
+        for f in files:
+            m = f.data["metrics"].get(name)
+            cells.append(f"{with_ci(m)} ({m.get('count', '')})" if m else "")
+        rows.append((f"`{name}`", *cells))
+    return table(header, rows)
+
+
 def tables_block(files: Sequence[ResultFile], folder: Path) -> str:
     out: list[str] = []
+    pms = [f for f in files if f.kind == "pm"]
+    if len(pms) > 1:
+        out += ["#### PM runs: " + ", ".join(f"`{f.path.relative_to(folder)}`" for f in pms), "",
+                *pm_comparison(pms, folder), ""]
     for f in files:
+        if f.kind == "pm" and len(pms) > 1:
+            continue
         out += [f"#### `{f.path.relative_to(folder)}`", "", *TABLES[f.kind](f.data), ""]
     return "\n".join(out).rstrip()
 

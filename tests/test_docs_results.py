@@ -90,6 +90,18 @@ def test_pm_metrics_table(tmp_path):
     assert "| `pm/syco_rate` | 0.300 |" in readme.read_text() and redraw_results.check(tmp_path) == []
 
 
+def test_several_pm_runs_side_by_side(tmp_path):
+    readme = writeup(tmp_path)
+    (tmp_path / "standard.metrics.json").write_text(json.dumps({**pm_metrics(syco_rate=1.0), "variant": "standard"}))
+    (tmp_path / "nonsyco.metrics.json").write_text(json.dumps(pm_metrics()))
+    assert redraw_results.redraw(tmp_path) == []
+    text = readme.read_text()
+    assert "| metric | `nonsyco.metrics.json` (`nonsyco`) | `standard.metrics.json` (`standard`) |" in text
+    assert "| `pm/syco_rate` | 0.205 ± 0.030 (78) | 1.000 ± 0.030 (78) |" in text
+    assert text.count("| `heldout/accuracy` |") == 1  # one table, not one per run
+    assert redraw_results.check(tmp_path) == []
+
+
 def test_bon_and_checkpoints_figures_and_tables(tmp_path):
     readme = writeup(tmp_path)
     (tmp_path / "bon.results.json").write_text(json.dumps(bon_results()))
