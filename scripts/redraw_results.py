@@ -206,17 +206,16 @@ TABLES = {"pm": pm_tables, "ppo_run": ppo_run_tables, "eval": lambda d: eval_mar
 
 
 def pm_comparison(files: Sequence[ResultFile], folder: Path) -> list[str]:
-    """Several PM runs side by side: a row per metric, a column per run (value ± stderr (n))."""
-    names = sorted({name for f in files for name in f.data["metrics"]})
-    header = ("metric", *(f"`{f.path.relative_to(folder)}` (`{f.data.get('variant')}`)" for f in files))
-    rows = []
-    for name in names:
-        cells = []
-        for f in files:
-            m = f.data["metrics"].get(name)
-            cells.append(f"{with_ci(m)} ({m.get('count', '')})" if m else "")
-        rows.append((f"`{name}`", *cells))
-    return table(header, rows)
+    """Several PM runs side by side: a row per run, a column per headline metric (held-out accuracy
+    overall and per kind, the probe, the policy-sample stance), value ± stderr (n)."""
+    headline = ("heldout/accuracy", "pm/syco_rate", "policy/")
+    names = sorted({name for f in files for name, m in f.data["metrics"].items()
+                    if name.startswith(headline) and m.get("count")})
+    rows = [(f"`{f.path.relative_to(folder)}`", f"`{f.data.get('variant')}`",
+             *(f"{with_ci(f.data['metrics'][n])} ({f.data['metrics'][n].get('count', '')})"
+               if n in f.data["metrics"] and f.data["metrics"][n].get("count") else "" for n in names))
+            for f in files]
+    return table(("run", "variant", *(f"`{n}`" for n in names)), rows)
 
 
 def tables_block(files: Sequence[ResultFile], folder: Path) -> str:

@@ -96,9 +96,11 @@ def test_several_pm_runs_side_by_side(tmp_path):
     (tmp_path / "nonsyco.metrics.json").write_text(json.dumps(pm_metrics()))
     assert redraw_results.redraw(tmp_path) == []
     text = readme.read_text()
-    assert "| metric | `nonsyco.metrics.json` (`nonsyco`) | `standard.metrics.json` (`standard`) |" in text
-    assert "| `pm/syco_rate` | 0.205 ± 0.030 (78) | 1.000 ± 0.030 (78) |" in text
-    assert text.count("| `heldout/accuracy` |") == 1  # one table, not one per run
+    # a row per run; a column per headline metric that some run measured (none did accuracy/belief)
+    assert "| run | variant | `heldout/accuracy` | `pm/syco_rate` |" in text
+    assert "| `nonsyco.metrics.json` | `nonsyco` | 0.735 ± 0.026 (291) | 0.205 ± 0.030 (78) |" in text
+    assert "| `standard.metrics.json` | `standard` | 0.735 ± 0.026 (291) | 1.000 ± 0.030 (78) |" in text
+    assert text.count("| run | variant |") == 1  # one table, not one per run
     assert redraw_results.check(tmp_path) == []
 
 
