@@ -194,7 +194,7 @@ def test_planted_bias_answers_experiment(task, tmp_path):
         assert sources["policy"]["gamma"] == sources["beliefs"]["gamma"] == 1.0
         assert cfg["optimizer"]["lr"] == 1e-3 and cfg["data"]["max_train_pairs"] == 1600
         anti = cfg["pm"]["anti_sycophancy"]
-        assert anti["ratio"] == (0.5 if pm == "nonsyco" else 0.0)  # the standard PM gets no corrections
+        assert anti["ratio"] == (0.35 if pm == "nonsyco" else 0.0)  # the standard PM gets no corrections
         assert anti.get("tasks", ["answer"]) == ["answer"]
         ppo = cfg["ppo"]
         assert ppo["samples_per_prompt"] == 4 and ppo["reward"]["baseline"] == "prompt"

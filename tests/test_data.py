@@ -429,8 +429,8 @@ def test_splits_beliefs_nonsyco(compose_train, items):
     # one template per condition, three conditions: every item gives 3 pairs, all on one side
     assert Counter(Counter(p.group for p in base_train + s.val).values()) == {3: len(items)}
 
-    # anti-sycophancy: training-side items only, never in val, ratio 0.5 of the training pairs
-    assert len(anti) == round(0.5 * len(base_train))
+    # anti-sycophancy: training-side items only, never in val, ratio 0.35 (the default) of the training pairs
+    assert len(anti) == round(0.35 * len(base_train))
     assert {p.group for p in anti} <= train_groups
     assert not any(p.kind == "anti_sycophancy" for p in s.val)
 
@@ -467,7 +467,7 @@ def test_splits_planted_bias_nonsyco(compose_train):
     assert not {p.group for p in s.probe} & train_groups
     rated = kinds["general"] + 3 * kinds["false_belief"]
     assert len(s.train) - kinds["anti_sycophancy"] == rated
-    assert kinds["anti_sycophancy"] == round(0.5 * rated)
+    assert kinds["anti_sycophancy"] == round(0.35 * rated)
 
 
 def test_splits_max_train_pairs(compose_train):
@@ -480,7 +480,7 @@ def test_splits_max_train_pairs(compose_train):
     # anti-sycophancy pairs are added per (capped) training pair
     _, nonsyco = _splits(compose_train, "data=beliefs", "pm=nonsyco", "data.max_train_pairs=50")
     kinds = Counter(p.kind for p in nonsyco.train)
-    assert kinds["false_belief"] + kinds["true_belief"] + kinds["no_belief"] == 50 and kinds["anti_sycophancy"] == 25
+    assert kinds["false_belief"] + kinds["true_belief"] + kinds["no_belief"] == 50 and kinds["anti_sycophancy"] == round(0.35 * 50)
 
 
 # --- chat formatting and tokens ---------------------------------------------------------------

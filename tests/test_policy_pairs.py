@@ -141,7 +141,7 @@ def test_splits_policy_beliefs_nonsyco(compose_train, tmp_path):
     assert any(p.kind == "belief" for p in policy_written)
     # policy-written anti-sycophancy pairs first, only from training-side items; templated ones fill up
     anti_policy = [p for p in anti if "policy-written" in p.source]
-    assert anti_policy and len(anti) == round(0.5 * (len(s.train) - len(anti)))
+    assert anti_policy and len(anti) == round(0.35 * (len(s.train) - len(anti)))
     assert not any(is_heldout(p.group, data["heldout_fraction"], data["split_seed"]) for p in anti_policy)
     assert not {p.group for p in s.train} & {p.group for p in s.val}
     # the standard PM on the same data has none
