@@ -209,24 +209,23 @@ def pm_comparison(files: Sequence[ResultFile], folder: Path) -> list[str]:
     """Several PM runs side by side: a row per run, a column per headline metric (held-out accuracy
     overall and per kind, the probe, the policy-sample stance), value ± stderr (n)."""
     headline = ("heldout/accuracy", "pm/syco_rate", "policy/")
-    names = sorted({name for f in files for name, m in f.data["metrics"].items()
-                    if name.startswith(headline) and m.get("count")})
+    measured = [{name: m for name, m in f.data["metrics"].items() if name.startswith(headline) and m.get("count")}
+                for f in files]
+    names = sorted({name for metrics in measured for name in metrics})
     rows = [(f"`{f.path.relative_to(folder)}`", f"`{f.data.get('variant')}`",
-             *(f"{with_ci(f.data['metrics'][n])} ({f.data['metrics'][n].get('count', '')})"
-               if n in f.data["metrics"] and f.data["metrics"][n].get("count") else "" for n in names))
-            for f in files]
+             *(f"{with_ci(metrics[n])} ({metrics[n]['count']})" if n in metrics else "" for n in names))
+            for f, metrics in zip(files, measured)]
     return table(("run", "variant", *(f"`{n}`" for n in names)), rows)
 
 
 def tables_block(files: Sequence[ResultFile], folder: Path) -> str:
     out: list[str] = []
     pms = [f for f in files if f.kind == "pm"]
-    if len(pms) > 1:
+    if len(pms) > 1:  # one table for all PM runs, the other files one each
         out += ["#### PM runs: " + ", ".join(f"`{f.path.relative_to(folder)}`" for f in pms), "",
                 *pm_comparison(pms, folder), ""]
+        files = [f for f in files if f.kind != "pm"]
     for f in files:
-        if f.kind == "pm" and len(pms) > 1:
-            continue
         out += [f"#### `{f.path.relative_to(folder)}`", "", *TABLES[f.kind](f.data), ""]
     return "\n".join(out).rstrip()
 
