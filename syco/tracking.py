@@ -2,36 +2,86 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import netrc
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+log = logging.getLogger(__name__)
+
+
+DEFAULT_WANDB_URL = "https://api.wandb.ai"
+
+
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_URL
+
 
 def wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urllib.parse.urlparse(wandb_base_url()).hostname or "api.wandb.ai"
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 
 
-def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".", **kwargs: Any) -> WandbLogger:
+def wandb_unreachable(url: str, timeout_s: float) -> str | None:
+    """Why the W&B server at `url` cannot be reached within `timeout_s` (None: it answered). Any HTTP
+    answer counts as reachable; proxies from the environment are used, as wandb itself does."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the server answered (401, 404, ...): it is there
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return f"{type(reason).__name__}: {reason}"
+
+
+def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".", check_timeout_s: float = 5.0,
+                 **kwargs: Any) -> WandbLogger:
     """W&B logger; `mode=auto` logs online with credentials and offline without (sync later with
-    `wandb sync <save_dir>/wandb/offline-run-*`)."""
+    `wandb sync <save_dir>/wandb/offline-run-*`). Before logging online, the W&B server
+    (WANDB_BASE_URL, default api.wandb.ai) must answer within `check_timeout_s`: if it does not,
+    `mode=online` (or WANDB_MODE=online) fails at once saying to log offline, and `mode=auto` logs
+    offline with a warning (a cluster node without internet), instead of wandb's 90 s wait and error."""
     if mode not in ("auto", "online", "offline", "disabled"):
-        raise ValueError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
+        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    asked = mode
     if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+        asked = os.environ.get("WANDB_MODE") or "auto"
+        mode = asked if asked != "auto" else ("online" if wandb_has_credentials() else "offline")
+    if mode == "online" and check_timeout_s and check_timeout_s > 0:
+        url = wandb_base_url()
+        why = wandb_unreachable(url, check_timeout_s)
+        if why is not None:
+            if asked == "online":
+                source = "WANDB_MODE=online" if os.environ.get("WANDB_MODE") == "online" else "logger.wandb.mode=online"
+                raise ConnectionError(
+                    f"{source} but the W&B server {url} cannot be reached ({why}, {check_timeout_s:g} s timeout). "
+                    f"On a machine without internet log offline: logger.wandb.mode=offline (or WANDB_MODE=offline), "
+                    f"then `wandb sync {save_dir}/wandb/offline-run-*` where there is a network"
+                )
+            log.warning("W&B server %s cannot be reached (%s): logging offline into %s/wandb (upload later with "
+                        "`wandb sync %s/wandb/offline-run-*`; logger.wandb.mode=online makes this an error)",
+                        url, why, save_dir, save_dir)
+            mode = "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return WandbLogger(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
@@ -126,46 +176,123 @@ def log_summary(loggers: list[Logger], metrics: Mapping[str, Any]) -> None:
     send(loggers, Report(summary=flat), finalize=False)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON through a temp file and rename: readers see the old file or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+class DiskFullError(OSError):
+    """A result could not be written: no space (or no quota) left where it goes."""
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def naming_full_disk(path: str | Path) -> Iterator[None]:
+    """Turn "no space left" while writing `path` into an error naming the folder and what to do."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(obj), f, indent=2, default=_json_default, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if err.errno not in FULL_DISK:
+            raise
+        path = Path(path)
+        raise DiskFullError(
+            err.errno,
+            f"the disk is full (or the quota used up) where {path} goes: no space left in {path.parent} "
+            f"({err.strerror}). Nothing there was replaced: any earlier {path.name} is as it was. Free some "
+            f"space there, or run with hydra.run.dir (or the option naming that folder) on a disk with room",
+            str(path),
+        ) from err
+
+
+def umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: str | Path) -> Path:
+    """Give a file (or every file and folder under a folder) the usual permissions, 0666/0777 less
+    the umask (0644/0755 by default), as if written with plain open/mkdir: temporary files and
+    folders (tempfile) and safetensors weights are private (0600/0700), but results are meant to be shared."""
+    path = Path(path)
+    mask = umask()
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write JSON through a temp file and rename: readers see the old file or the new, never half.
+    Written with the usual permissions; a full disk raises DiskFullError and keeps the old file."""
+    path = Path(path)
+    text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+    tmp = None
+    with naming_full_disk(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            share(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
 def publish_dir(tmp: str | Path, path: str | Path) -> Path:
     """Move a fully written folder `tmp` to `path` (same filesystem), replacing any folder there:
-    readers see the old folder or the new one, never a half-written one."""
+    readers see the old folder or the new one, never a half-written one. The folder gets the usual
+    permissions (`share`); when the move fails, the old folder stays in place."""
     tmp, path = Path(tmp), Path(path)
-    if path.exists():
-        old = path.with_name(f".{path.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    with naming_full_disk(path):
+        share(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the old folder back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     return path
 
 
 def save_figure_atomic(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure through a temp file and rename, then close it."""
+    """Save a matplotlib figure through a temp file and rename, then close it (usual permissions;
+    a full disk raises DiskFullError and keeps the old file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        with naming_full_disk(path):
+            fig.savefig(tmp, dpi=dpi)
+            share(tmp)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 

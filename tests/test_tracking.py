@@ -1,12 +1,19 @@
-"""The one results walker and tracker: nested results trees to flat keys, reports to loggers."""
+"""The one results walker and tracker: nested results trees to flat keys, reports to loggers; W&B
+without a network (fails fast online, falls back to offline in auto mode)."""
 
 from __future__ import annotations
 
 import csv
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from syco.tracking import Report, flat_metrics, send, walk_metrics
+from syco.tracking import Report, flat_metrics, send, walk_metrics, wandb_logger, wandb_unreachable
 
 TREE = {"answer": {"rules": {"builtin": {"sycophancy": {"value": 0.25, "stderr": 0.1, "count": 8, "ci": [0.05, 0.45]},
                                         "accuracy/plain": {"value": None, "stderr": None, "count": 0}}}},
@@ -37,3 +44,60 @@ def test_send_rows_one_step_each_else_the_summary_as_one_row(tmp_path):
     send([summary], Report(summary={"a/b": 0.5, "label": "text"}), finalize=False)
     with open(summary.log_dir + "/metrics.csv") as f:
         assert [r["a/b"] for r in csv.DictReader(f)] == ["0.5"]  # numbers only
+
+
+# --- W&B without a network ----------------------------------------------------------------------------
+def dead_url() -> str:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_wandb_online_without_network_fails_fast_saying_to_log_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", dead_url())
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"logger.wandb.mode=online but the W&B server http://127.0.0.1:\d+ "
+                                              r"cannot be reached .*logger.wandb.mode=offline \(or WANDB_MODE=offline\)"):
+        wandb_logger(mode="online", save_dir=str(tmp_path), check_timeout_s=2)
+    monkeypatch.setenv("WANDB_MODE", "online")  # asked for through the environment: named as such
+    with pytest.raises(ConnectionError, match=r"^WANDB_MODE=online but"):
+        wandb_logger(mode="auto", save_dir=str(tmp_path), check_timeout_s=2)
+    assert time.monotonic() - start < 5
+
+
+def test_wandb_auto_without_network_logs_offline_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", dead_url())
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with caplog.at_level(logging.WARNING, logger="syco.tracking"):
+        lg = wandb_logger(mode="auto", save_dir=str(tmp_path), check_timeout_s=2)
+    assert lg._wandb_init["mode"] == "offline"
+    assert "cannot be reached" in caplog.text and "logging offline" in caplog.text and "wandb sync" in caplog.text
+
+
+def test_wandb_server_answering_counts_as_reachable(tmp_path, monkeypatch):
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert wandb_unreachable(url, 2) is None
+        assert "ConnectionRefusedError" in wandb_unreachable(dead_url(), 2)
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        assert wandb_logger(mode="auto", save_dir=str(tmp_path), check_timeout_s=2)._wandb_init["mode"] == "online"
+    finally:
+        server.shutdown()
+        server.server_close()
