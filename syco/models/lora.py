@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,3 +45,21 @@ def apply_lora(model: PreTrainedModel, cfg: Mapping[str, Any]) -> PeftModel:
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def check_adapter_folder(folder: str | Path, where: str) -> Path:
+    """A saved adapter folder that is safe to load onto a base we chose: a peft LoRA adapter (syco
+    saves nothing else; other adapter kinds can name further models to fetch). Its
+    `base_model_name_or_path` and `auto_mapping` are never read: the base is the caller's."""
+    folder = Path(folder)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{where}={folder} has no adapter_config.json (not a saved peft adapter)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where}: {config_file} is not valid JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{where}: {config_file} holds a {kind!r} adapter; syco loads only LoRA adapters (peft_type LORA)")
+    return folder

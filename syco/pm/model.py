@@ -19,9 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 from syco.core.packing import PackedBatch, pack_rows
 from syco.data.chat import ChatFormatter, Message, Prompt, as_messages
-from syco.models.backbone import load_causal_lm, load_tokenizer
-from syco.models.lora import REWARD_HEAD, apply_lora, attach_reward_head
-from syco.tracking import publish_dir
+from syco.models.backbone import folder_model_config, load_causal_lm, load_tokenizer, refusing_remote_code
+from syco.models.lora import REWARD_HEAD, apply_lora, attach_reward_head, check_adapter_folder
+from syco.tracking import naming_full_disk, publish_dir
 
 FORMAT = "syco-pm/1"
 META_FILE = "syco_pm.json"
@@ -177,17 +177,20 @@ class PreferenceModel(torch.nn.Module):
 
     # export / load ------------------------------------------------------------------------------
     def save(self, path: str | Path, **info: Any) -> Path:
-        """Write the PM folder atomically (a crash never leaves a half-written export)."""
+        """Write the PM folder atomically (a crash never leaves a half-written export; a full disk
+        raises DiskFullError naming the folder and leaves any earlier export as it was). The files
+        get the usual permissions (0644/0755 under the default umask): the export is meant to be shared."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+        with naming_full_disk(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
         try:
-            self.lm.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            if self.model_cfg.get("source") == "tiny":
-                # random-init weights cannot be rebuilt from a name: keep them with the PM
-                self.base.save_pretrained(tmp / "base", state_dict=_base_state_dict(self.lm))
+            with naming_full_disk(path):
+                self.lm.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                if self.model_cfg.get("source") == "tiny":
+                    # random-init weights cannot be rebuilt from a name: keep them with the PM
+                    self.base.save_pretrained(tmp / "base", state_dict=_base_state_dict(self.lm))
             meta = {
                 **self.info,
                 **info,
@@ -200,7 +203,8 @@ class PreferenceModel(torch.nn.Module):
                 "reward_std": self.reward_std,
                 "end_of_turn": self.formatter.end_of_turn,
             }
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            with naming_full_disk(path):
+                (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
             publish_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -223,22 +227,33 @@ def load(
     device: str | torch.device | None = None,
     cache_dir: Path | None = None,
     trainable: bool = False,
+    trust_remote_code: bool = False,
+    trust_key: str = "trust_remote_code",
 ) -> PreferenceModel:
     """Load an exported PM folder. `prefix="saved"` keeps the scoring prefix it was exported with;
-    pass a list of messages to score behind another prefix, or None for none."""
+    pass a list of messages to score behind another prefix, or None for none.
+
+    A PM folder never runs code: the `trust_remote_code` its syco_pm.json may hold is ignored (with
+    a warning); only the caller's own `trust_remote_code` (from the run's config key `trust_key`,
+    named in the error when a base model cannot load without it) lets its base model run code."""
     path = Path(path)
     meta = read_meta(path)
-    model_cfg = dict(meta["model"])
-    tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(path)})
-    if model_cfg.get("source") == "tiny":
-        base = load_causal_lm(
-            {"source": "pretrained", "name_or_path": str(path / "base"), "dtype": model_cfg.get("dtype")}
-        )
-    else:
-        base = load_causal_lm(model_cfg, cache_dir)
+    where = f"PM folder {path}"
+    model_cfg = folder_model_config(meta["model"], where, trust_remote_code, trust_key)
+    check_adapter_folder(path, where)
+    with refusing_remote_code(where, trust_key):
+        tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(path),
+                                    "trust_remote_code": trust_remote_code})
+        if model_cfg.get("source") == "tiny":
+            # a random-init llama kept in the folder: it never needs code of its own
+            base = load_causal_lm(
+                {"source": "pretrained", "name_or_path": str(path / "base"), "dtype": model_cfg.get("dtype")}
+            )
+        else:
+            base = load_causal_lm(model_cfg, cache_dir)
     attach_reward_head(base)
     lm = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
-    pm = from_meta(lm, tokenizer, meta, prefix)
+    pm = from_meta(lm, tokenizer, {**meta, "model": model_cfg}, prefix)
     if device is not None:
         pm.to(device)
     return pm.train(trainable)
@@ -249,9 +264,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     meta_file = Path(path) / META_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not an exported syco PM (no {META_FILE})")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_file} is not valid JSON ({err}): re-export the PM") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_file}: format {got!r}, expected {FORMAT!r}")
+    if not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{meta_file} has no 'model' settings (a mapping): re-export the PM")
     return meta
 
 

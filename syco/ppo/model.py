@@ -23,8 +23,8 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from syco.data.chat import ChatFormatter
-from syco.models.backbone import load_causal_lm, load_tokenizer
-from syco.models.lora import REWARD_HEAD, attach_reward_head, lora_config
+from syco.models.backbone import load_causal_lm, load_tokenizer, refusing_remote_code
+from syco.models.lora import REWARD_HEAD, attach_reward_head, check_adapter_folder, lora_config
 from syco.pm.model import PreferenceModel, from_meta, read_meta
 from syco.policy.generation import stop_token_ids
 from syco.tracking import publish_dir
@@ -81,9 +81,8 @@ class ActorCritic(torch.nn.Module):
         with torch.random.fork_rng():  # LoRA init draws from the global RNG: make it a function of seed
             torch.manual_seed(seed)
             if init_adapter:
-                init_adapter = Path(init_adapter)
-                if not (init_adapter / "adapter_config.json").is_file():
-                    raise FileNotFoundError(f"ppo.init_adapter={init_adapter} has no adapter_config.json")
+                # the adapter goes on the base of the run's own config: the folder names no model nor code
+                init_adapter = check_adapter_folder(init_adapter, "ppo.init_adapter")
                 peft = PeftModel.from_pretrained(base, str(init_adapter), adapter_name=POLICY, is_trainable=True)
                 peft.load_adapter(str(init_adapter), adapter_name=REFERENCE, is_trainable=False)
             else:
@@ -151,6 +150,8 @@ class ActorCritic(torch.nn.Module):
 
     # PMs on the same base -----------------------------------------------------------------------
     def shares_base(self, pm_path: str | Path) -> bool:
+        """Whether the PM at `pm_path` was trained on this base (its syco_pm.json is only compared,
+        never loaded from: attached, the PM runs on the base of the run's own config)."""
         pm_cfg = read_meta(pm_path)["model"]
         return all(pm_cfg.get(k) == self.model_cfg.get(k) for k in BASE_KEYS)
 
@@ -162,13 +163,20 @@ class ActorCritic(torch.nn.Module):
         if name in (POLICY, VALUE, REFERENCE):
             raise ValueError(f"adapter name {name!r} is taken")
         meta = read_meta(pm_path)
+        where = f"PM folder {pm_path}"
+        check_adapter_folder(pm_path, where)
+        # the PM's own tokenizer, trusted with code only as far as the run's model config says
+        trust = bool(self.model_cfg.get("trust_remote_code"))
+        with refusing_remote_code(where, "model.trust_remote_code"):
+            tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(pm_path), "trust_remote_code": trust})
         base = self.peft.get_base_model()
         if not hasattr(base, REWARD_HEAD):
             attach_reward_head(base)
         self.peft.load_adapter(str(pm_path), adapter_name=name, is_trainable=False)
         self._frozen[name] = [p for n, p in self.peft.named_parameters() if f".{name}." in n]
         self.use(self.peft.active_adapter)
-        tokenizer = load_tokenizer({"source": "pretrained", "name_or_path": str(pm_path)})  # the PM's own
+        # the folder's own trust_remote_code never travels on with the PM
+        meta = {**meta, "model": {**meta["model"], "trust_remote_code": trust}}
         pm = from_meta(self.peft, tokenizer, meta).train(False)  # score() restores this (eval) mode
         return SharedBasePM(self, name, pm)
 
