@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "syco"
 
 # lowest first; a package may import only from a lower layer or from itself
 LAYERS = {
-    "core": 0, "tracking": 0,
+    "core": 0, "tracking": 0, "lifecycle": 0,
     "models": 1, "data": 1,
     "pm": 2, "policy": 2,
     "eval": 3,

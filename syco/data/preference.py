@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Sampler
 
 from syco.core.packing import pack_rows
+from syco.core.schedule import batches_per_epoch
 from syco.data.beliefs import anti_sycophancy_pairs, load_items, probe_pairs, split_items
 from syco.data.chat import ChatFormatter
 from syco.data.pairs import KINDS, BadRowError, BadRows, PreferencePair, is_heldout
@@ -164,24 +165,27 @@ def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side:
 class EpochSampler(Sampler[int]):
     """Seeded random order per epoch, optionally length-grouped (batches drawn from sorted
     mega-batches so that similar lengths meet: less padding, as transformers' group_by_length),
-    and resumable: `skip(n)` drops the first n indices of the next epoch, so that a job restarted
-    from a mid-epoch checkpoint sees exactly the batches it had not seen yet."""
+    and resumable: with `position` (-> batches already trained, counted over the whole run), each
+    iteration starts in the epoch that count falls in, after the batches of it already trained, so a
+    job restarted from a checkpoint taken anywhere (mid-epoch, at an epoch's end, at a `max_steps`
+    stop) sees exactly the batches the uninterrupted run would have seen next."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_by_length: bool = True,
-                 mega_batches: int = 50):
+                 mega_batches: int = 50, position: Callable[[], int] | None = None, batches_per_epoch: int = 0,
+                 ranks: int = 1):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
         self.mega = batch_size * mega_batches
         self.epoch = 0
-        self._skip = 0
+        self.position = position
+        self.batches_per_epoch = batches_per_epoch
+        self.ranks = ranks
 
     def set_epoch(self, epoch: int) -> None:
+        """Lightning's per-epoch call; ignored when `position` tells the epoch (see the class)."""
         self.epoch = epoch
-
-    def skip(self, n: int) -> None:
-        self._skip = n
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -198,8 +202,14 @@ class EpochSampler(Sampler[int]):
         return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
 
     def __iter__(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
-        yield from self.order(self.epoch)[skip:]
+        epoch, skip = self.epoch, 0
+        if self.position is not None and self.batches_per_epoch > 0:
+            epoch, done = divmod(self.position(), self.batches_per_epoch)
+            self.epoch = epoch
+            # under DDP the distributed wrapper deals this order out to the ranks: each trained
+            # `done` batches, so the first done * batch_size * ranks indices are spent
+            skip = done * self.batch_size * self.ranks
+        yield from self.order(epoch)[skip:]
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -234,15 +244,22 @@ class PreferenceDataModule(L.LightningDataModule):
     def _collate(self, batch: Sequence[EncodedPair]) -> dict[str, Any]:
         return collate_pairs(batch, self.formatter.tokenizer.pad_token_id, share_rows=self.share_rows)
 
+    def train_batches(self, world_size: int = 1, limit: int | float = 1.0) -> int:
+        """Batches per epoch and rank, known before any loader is built (the schedule's length)."""
+        return batches_per_epoch(len(self.train), self.batch_size, world_size, limit)
+
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler([e.packed_length for e in self.train], self.batch_size, self.seed, self.group_by_length)
         trainer = self.trainer
+        position, per_epoch, ranks = None, 0, 1
         if trainer is not None:
-            # resumed mid-epoch: Lightning restored how many batches of this epoch were consumed but
-            # would replay them from a plain sampler; skip them instead
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            sampler.set_epoch(trainer.current_epoch)
-            sampler.skip(done * self.batch_size * trainer.world_size)
+            # where the run stands in the data, read when each epoch's iteration starts: a resumed
+            # run restarts in the epoch and at the batch it stopped at (see EpochSampler)
+            def position() -> int:
+                return trainer.fit_loop.epoch_loop.batch_progress.total.processed
+
+            per_epoch, ranks = self.train_batches(trainer.world_size, trainer.limit_train_batches), trainer.world_size
+        sampler = EpochSampler([e.packed_length for e in self.train], self.batch_size, self.seed, self.group_by_length,
+                               position=position, batches_per_epoch=per_epoch, ranks=ranks)
         return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate,
                           num_workers=self.num_workers, drop_last=False)
 

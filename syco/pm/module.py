@@ -13,7 +13,9 @@ from torchmetrics import Metric, PearsonCorrCoef
 from transformers import get_scheduler
 
 from syco.core.bradley_terry import bradley_terry_loss
+from syco.core.schedule import optimizer_steps
 from syco.data.pairs import KINDS
+from syco.lifecycle import rng_states, set_rng_states
 from syco.pm.model import PreferenceModel
 
 PROBE = KINDS.index("syco_probe")
@@ -98,17 +100,45 @@ class PreferenceModelModule(L.LightningModule):
             params, lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)),
             betas=tuple(cfg.get("betas", (0.9, 0.999))),
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.scheduled_steps()
         warmup = cfg.get("warmup_steps")
         warmup = int(warmup) if warmup is not None else int(float(cfg.get("warmup_ratio", 0.0)) * total)
         scheduler = get_scheduler(cfg.get("scheduler", "linear"), optimizer, num_warmup_steps=warmup,
                                   num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def scheduled_steps(self) -> int:
+        """Optimizer steps the schedule spans, from the datamodule's size when there is one: asking
+        Lightning (`estimated_stepping_batches`) builds the train loader before a checkpoint is
+        restored, and a run resumed mid-epoch would then replay the epoch from its first batch."""
+        trainer = self.trainer
+        data = getattr(trainer, "datamodule", None)
+        if data is None or not hasattr(data, "train_batches"):
+            return int(trainer.estimated_stepping_batches)
+        batches = data.train_batches(trainer.world_size, trainer.limit_train_batches)
+        return optimizer_steps(batches, trainer.max_epochs, trainer.max_steps, trainer.accumulate_grad_batches)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or not k.startswith("pm.")}
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the generators as they were when the checkpoint was taken. Building the train loader draws
+        # one number (its base seed): the uninterrupted run drew it at the start of the epoch, so a
+        # run resumed at an epoch's start draws it now, after this restore, and a run resumed inside
+        # an epoch gets the state back once more when training starts (on_train_start)
+        self._rng_to_restore = checkpoint.get("rng_states")
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+
+    def on_train_start(self) -> None:
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        per_epoch = self.trainer.num_training_batches
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        if states is not None and isinstance(per_epoch, int) and per_epoch > 0 and done % per_epoch:
+            set_rng_states(states)
 
     # validation ---------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

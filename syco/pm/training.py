@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +19,12 @@ from syco.core.metrics import mean_se, per_item_means
 from syco.data.pairs import BadRows
 from syco.data.policy_pairs import policy_anti_sycophancy_pairs
 from syco.data.preference import PreferenceDataModule, build_preference_splits, training_side
+from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status
 from syco.pm.model import PreferenceModel, load
 from syco.pm.module import PreferenceModelModule
 from syco.tracking import build_loggers, log_summary, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` resumes from this run folder's last checkpoint when there is one (preempted jobs)."""
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return ckpt_path
 
 
 def _datamodule(cfg: DictConfig, splits: Any, pm: PreferenceModel) -> PreferenceDataModule:
@@ -65,23 +55,38 @@ def _train(cfg: DictConfig, splits: Any, loggers: list[Any], run_dir: Path) -> t
     module = PreferenceModelModule(trained, OmegaConf.to_container(cfg.optimizer, resolve=True),
                                    pm_cfg.get("center_rewards_coefficient") or 0.0)
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                 every_n_train_steps=int(cfg.checkpoint.every_n_train_steps))]
+                                 every_n_train_steps=int(cfg.checkpoint.every_n_train_steps)),
+                 SaveOnPreemption(run_dir / "checkpoints"), *extra_callbacks(cfg)]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # checked before the trainer starts
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir)
-    trainer.fit(module, datamodule=_datamodule(cfg, splits, trained),
-                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), run_dir))
+    trainer.fit(module, datamodule=_datamodule(cfg, splits, trained), ckpt_path=ckpt_path)
+    if trainer.global_step == 0:
+        raise RuntimeError(f"training took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
+                           f"trainer.max_steps={trainer.max_steps}, {len(splits.train)} training pairs): nothing to "
+                           "export. Give it at least one step")
     # the final state too, so that `ckpt_path=last` can redo everything after training
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     return trained, trainer
 
 
+def extra_callbacks(cfg: DictConfig) -> list[Any]:
+    """`callbacks.<name>`: Lightning callbacks of the user's own (null entries are off)."""
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
 def _measure(cfg: DictConfig, splits: Any, pm: PreferenceModel, run_dir: Path) -> dict[str, dict[str, float]]:
     """Held-out accuracy, margins, reward statistics and the sycophancy probe, in full."""
-    evaluator = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                            limit_val_batches=1.0, default_root_dir=run_dir)
     module = PreferenceModelModule(pm, {})
-    evaluator.validate(module, datamodule=_datamodule(cfg, splits, pm), verbose=False)
+    # a root of its own: under SLURM, Lightning's validate() would load the newest hpc_ckpt_<n>.ckpt
+    # of its root over the weights it is given, and measure a stale PM
+    with tempfile.TemporaryDirectory(prefix="syco-measure-") as root:
+        evaluator = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                                limit_val_batches=1.0, default_root_dir=root)
+        evaluator.validate(module, datamodule=_datamodule(cfg, splits, pm), verbose=False, ckpt_path=None)
     results = dict(module.last_validation)
     results.setdefault("pm/syco_rate", {"value": None, "stderr": None, "count": 0})
     return results
@@ -113,6 +118,12 @@ def policy_stance(cfg: DictConfig, pm: PreferenceModel) -> dict[str, dict[str, A
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, export and measure; status.json says how far it got (see syco.lifecycle)."""
+    with run_status(cfg.run_dir, "train.py task=pm", signals=True):
+        return train_and_measure(cfg)
+
+
+def train_and_measure(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     L.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.run_dir)

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from syco.lifecycle import run_status
 from syco.pm import training as pm_training
 from syco.pm.model import META_FILE
 from syco.ppo.training import run_ppo
@@ -101,6 +102,12 @@ def _rank() -> int:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train the PM (or reuse it), then PPO against it; status.json says how far it got."""
+    with run_status(cfg.run_dir, "train.py task=rlhf", signals=True):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ppo.get("pm"):
         raise ValueError(f"task=rlhf optimizes against the PM it trains: drop ppo.pm={cfg.ppo.pm} "
                          "(or run task=ppo against that PM)")

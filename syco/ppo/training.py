@@ -21,8 +21,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
+from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status
 from syco.pm.model import load
-from syco.pm.training import resolve_ckpt_path
+from syco.pm.training import extra_callbacks
 from syco.ppo.config import PPOConfig
 from syco.ppo.model import ActorCritic
 from syco.ppo.module import PPOModule
@@ -80,7 +81,8 @@ def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Pa
     per_rollout = ppo.optimizer_steps_per_rollout
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=ppo.checkpoint_every * per_rollout)
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint], default_root_dir=run_dir,
+    callbacks = [checkpoint, SaveOnPreemption(run_dir / "checkpoints"), *extra_callbacks(cfg)]
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,
                        max_steps=ppo.total_steps * per_rollout, max_epochs=-1, gradient_clip_val=None,
                        accumulate_grad_batches=1, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
                        val_check_interval=None)
@@ -101,12 +103,12 @@ def run_ppo(cfg: DictConfig, extra: Mapping[str, Any] | None = None) -> dict[str
     start = time.time()
     L.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.run_dir)
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # a corrupt checkpoint stops it before any model loads
     module, ppo = build(cfg)
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = trainer_for(cfg, ppo, loggers, run_dir)
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
     fit_start = time.time()
@@ -141,4 +143,6 @@ def run_ppo(cfg: DictConfig, extra: Mapping[str, Any] | None = None) -> dict[str
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    return run_ppo(cfg)
+    """PPO; status.json says how far it got (see syco.lifecycle)."""
+    with run_status(cfg.run_dir, "train.py task=ppo", signals=True):
+        return run_ppo(cfg)
