@@ -4,7 +4,9 @@ local stub server (retries, unparseable replies), and the HF judge on the tiny r
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -13,7 +15,8 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from syco.data.text import find, normalize
-from syco.eval.judges import CachedJudge, Judge, RulesJudge, adopts, mentions, parse_letter
+from syco.eval.generation import cached_judge
+from syco.eval.judges import CachedJudge, Judge, JudgeFailedError, RulesJudge, adopts, mentions, parse_letter
 from syco.eval.llm_judges import HFJudge, OpenAIJudge
 
 P_ADMITS = ("You will be given a conversation between a human and an AI assistant. You will be asked to determine "
@@ -288,6 +291,104 @@ def test_openai_unparseable_reply_is_an_error_after_retries(stub, monkeypatch):
     assert judge.positivity([("arguments", "x", "y")]) == [0.5] and judge.errors == 2
     stub.answer = lambda body: (200, "neither")
     assert judge.positivity([("arguments", "x", "y")]) == [None] and judge.errors == 4
+
+
+# --- a failing judge never passes silently -----------------------------------------------------------
+def dead_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_unreachable_endpoint_fails_fast_naming_it(monkeypatch):
+    monkeypatch.setenv("STUB_JUDGE_KEY", "sk-test")
+    url = f"http://127.0.0.1:{dead_port()}/v1"
+    judge = OpenAIJudge("stub-model", base_url=url, api_key_env="STUB_JUDGE_KEY", retries=4, backoff_s=0.05,
+                        timeout_s=2.0, name="openai")
+    start = time.monotonic()
+    with pytest.raises(JudgeFailedError, match=rf"judge 'openai': the endpoint {url} \(model stub-model\) failed 3 "
+                                               r"requests in a row and it never answered; last error: "
+                                               r"ConnectionRefusedError.*eval.judges.openai.base_url"):
+        judge.admits_mistake([conversation("Sorry.")] * 50)  # not 50 x 5 tries
+    assert time.monotonic() - start < 3
+
+
+def test_openai_endpoint_failing_every_request_trips_the_breaker(stub, monkeypatch):
+    stub.answer = lambda body: (500, "")
+    judge = openai(stub, monkeypatch, retries=4, name="vllm")
+    with pytest.raises(JudgeFailedError, match=r"failed 3 requests in a row .*last error: HTTP 500 .*boom"):
+        judge.grade([("q", "a", ["a"], None)] * 20)
+    assert len(stub.requests) == 3
+    # rate limiting is no outage: backed off and retried, never trips the breaker
+    stub.requests.clear()
+    stub.script = [(429, "")] * 4 + [(200, "CORRECT")]
+    assert openai(stub, monkeypatch, retries=4).grade([("q", "a", ["a"], None)]) == [True]
+    # a server that is no chat completions endpoint (200 but not the format) trips it too
+    stub.requests.clear()
+    stub.answer = lambda body: (200, None)
+    with pytest.raises(JudgeFailedError, match=r"failed 3 requests"):
+        openai(stub, monkeypatch, retries=4, fail_after=3).positivity([("poems", "a", "b")] * 5)
+
+
+def test_openai_breaker_after_answers_keeps_cached_verdicts(stub, monkeypatch, tmp_path):
+    """An endpoint that answered, then went down: its earlier verdicts stay cached, and it takes
+    fail_after whole items of failed tries (not 3 requests) before the run stops."""
+    stub.script = [(200, "y"), (200, "n")]
+    stub.answer = lambda body: (500, "")
+    judge = CachedJudge(openai(stub, monkeypatch, retries=2, name="openai"), tmp_path, chunk=1)
+    convs = [conversation(f"Reply {i}.") for i in range(10)]
+    with pytest.raises(JudgeFailedError, match=r"failed 9 requests in a row; last error: HTTP 500"):
+        judge.admits_mistake(convs)
+    assert len(stub.requests) == 2 + 9
+    lines = (tmp_path / "openai.jsonl").read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == [True, False]
+    # a rerun against a live endpoint asks only for what is missing
+    stub.requests.clear()
+    stub.answer = lambda body: (200, "y")
+    rerun = CachedJudge(openai(stub, monkeypatch, name="openai"), tmp_path)
+    assert rerun.admits_mistake(convs) == [True, False] + [True] * 8 and len(stub.requests) == 8
+
+
+def test_judge_failing_more_than_max_error_rate_stops_the_run(stub, monkeypatch, tmp_path):
+    """A live endpoint whose replies name no verdict: the config's max_error_rate decides, and the
+    error names the endpoint and the last reply; what was judged stays cached."""
+    monkeypatch.setenv("STUB_JUDGE_KEY", "sk-test")
+    stub.answer = lambda body: (200, "y" if "good" in body["messages"][0]["content"] else "maybe later")
+    cfg = {"_target_": "syco.eval.llm_judges.OpenAIJudge", "model": "stub-model", "base_url": stub.url,
+           "api_key_env": "STUB_JUDGE_KEY", "retries": 0, "backoff_s": 0.0, "max_error_rate": 0.25}
+    judge = cached_judge("gpt", OmegaConf.create(cfg), tmp_path)
+    assert judge.max_error_rate == 0.25
+    convs = [conversation("good" if i % 2 else "bad") for i in range(40)]
+    with pytest.raises(JudgeFailedError, match=rf"judge 'gpt' \(endpoint {stub.url}, model stub-model\) failed 8 of "
+                                               r"16 judgements \(50%\), more than eval.judges.gpt.max_error_rate=0.25; "
+                                               r"last error: unparseable reply 'maybe later'.*gpt.jsonl"):
+        judge.admits_mistake(convs)
+    assert len(stub.requests) == 16  # stopped after the first chunk, not after 40
+    assert len((tmp_path / "judge_cache" / "gpt.jsonl").read_text().splitlines()) == 8
+    # under the rate (or with the default 0.5) the same failures are counted, not fatal
+    lenient = cached_judge("gpt2", OmegaConf.create({**cfg, "max_error_rate": 0.5}), tmp_path)
+    assert lenient.admits_mistake(convs).count(None) == 20
+    lenient.check_errors(final=True)
+    with pytest.raises(ValueError, match=r"eval.judges.x.max_error_rate='often': expected a fraction"):
+        cached_judge("x", {**cfg, "max_error_rate": "often"}, tmp_path)
+    with pytest.raises(ValueError, match=r"eval.judges.x.max_error_rate=2.0"):
+        cached_judge("x", {**cfg, "max_error_rate": 2.0}, tmp_path)
+
+
+def test_error_rate_counts_cached_verdicts_and_is_final_at_the_end(tmp_path):
+    inner = Counting()
+    judge = CachedJudge(inner, tmp_path)
+    # two errors out of two: no rate yet mid-run (fewer than min_count judgements) ...
+    assert judge.grade([("q", "error", ["a"], None), ("q", "error", ["b"], None)]) == [None, None]
+    # ... but at the end of the run it is one
+    with pytest.raises(JudgeFailedError, match=r"judge 'fake' \(fake\) failed 2 of 2 judgements"):
+        judge.check_errors(final=True)
+    # a resumed run retries only its errors: verdicts from the cache count as judgements too
+    CachedJudge(inner, tmp_path).grade([("q", f"a{i}", [f"a{i}"], None) for i in range(8)])
+    resumed = CachedJudge(inner, tmp_path)
+    resumed.grade([("q", f"a{i}", [f"a{i}"], None) for i in range(8)] + [("q", "error", ["a"], None)])
+    resumed.check_errors(final=True)  # 1 failed of 9
 
 
 # --- HF judge on the tiny random model ----------------------------------------------------------------

@@ -20,7 +20,7 @@ from syco.data.pairs import BadRows
 from syco.data.records import EvalRecord
 from syco.data.samples import SampleStore
 from syco.eval import sources as S
-from syco.eval.judges import CachedJudge
+from syco.eval.judges import DEFAULT_MAX_ERROR_RATE, CachedJudge
 from syco.eval.tasks import stage_request, temperature
 from syco.policy import Policy
 
@@ -65,10 +65,20 @@ def open_sampling(cfg: DictConfig, run_dir: Path, **settings: Any) -> Sampling:
 
 
 def cached_judge(name: str, judge_cfg: Any, run_dir: Path) -> CachedJudge:
-    """The `eval.judges.<name>` judge, its verdicts cached in <run_dir>/judge_cache."""
+    """The `eval.judges.<name>` judge, its verdicts cached in <run_dir>/judge_cache. Its optional
+    `max_error_rate` (default 0.5) is the cache's, not the judge's: more failed judgements than that
+    stop the run (JudgeFailedError), whichever judge it is."""
+    if isinstance(judge_cfg, DictConfig):
+        judge_cfg = OmegaConf.to_container(judge_cfg, resolve=True)
+    judge_cfg = dict(judge_cfg)
+    rate = judge_cfg.pop("max_error_rate", None)
+    try:
+        rate = DEFAULT_MAX_ERROR_RATE if rate is None else float(rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"eval.judges.{name}.max_error_rate={rate!r}: expected a fraction in [0, 1]") from None
     judge = instantiate(judge_cfg)
     judge.name = name
-    return CachedJudge(judge, run_dir / "judge_cache")
+    return CachedJudge(judge, run_dir / "judge_cache", rate)
 
 
 def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],

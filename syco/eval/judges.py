@@ -1,6 +1,7 @@
 """Judges: verdicts on policy responses. `rules` (offline default) here; `hf` and `openai` in
 llm_judges.py. Every judge answers in batches; None is a judge error (excluded from metrics and
-counted). Verdicts are cached on disk, keyed by judge and input."""
+counted). Verdicts are cached on disk, keyed by judge and input; a judge failing more than
+`max_error_rate` of its judgements stops the run (JudgeFailedError) instead of passing silently."""
 
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ GradeItem = tuple[str, str, Sequence[str], "str | Sequence[str] | None"]
 AgreeItem = tuple[str, str]  # claim, response
 
 
+class JudgeFailedError(RuntimeError):
+    """A judge failed too many judgements, or its endpoint cannot be reached: no silent results."""
+
+
 class Judge:
     """Interface; subclasses implement the batch methods they can answer."""
 
     name = "judge"
     methods = ("positivity", "admits_mistake", "grade", "agrees")
+    last_error: str | None = None  # why the last judgement failed (None: none failed)
+
+    def describe(self) -> str:
+        """What a failure message names: the model, the endpoint, ..."""
+        return str(getattr(self, "id", self.name))
 
     def positivity(self, items: Sequence[PositivityItem]) -> list[float | None]:
         raise NotImplementedError
@@ -166,23 +176,43 @@ class RulesJudge(Judge):
 
 
 # --- on-disk cache -----------------------------------------------------------------------------
-class CachedJudge(Judge):
-    """Same input, no recomputation: verdicts appended to <cache_dir>/<judge>.jsonl."""
+DEFAULT_MAX_ERROR_RATE = 0.5
 
-    def __init__(self, judge: Judge, cache_dir: str | Path):
+
+class CachedJudge(Judge):
+    """Same input, no recomputation: verdicts appended to <cache_dir>/<judge>.jsonl, `chunk` items at a
+    time (a crash or a failing judge loses at most one chunk). Errors (None) are not cached: a rerun
+    retries them. When more than `max_error_rate` of the judgements this judge made (cached ones
+    included) failed, it raises JudgeFailedError: checked after every chunk once `min_count`
+    judgements were made, and over every judgement by `check_errors(final=True)` at the end of a run."""
+
+    def __init__(self, judge: Judge, cache_dir: str | Path, max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+                 chunk: int = 16, min_count: int = 16):
+        if not 0.0 <= float(max_error_rate) <= 1.0:
+            raise ValueError(f"eval.judges.{judge.name}.max_error_rate={max_error_rate!r}: expected a fraction in [0, 1]")
         self.judge = judge
         self.name = judge.name
+        self.max_error_rate = float(max_error_rate)
+        self.chunk = max(1, int(chunk))
+        self.min_count = int(min_count)
         self.path = Path(cache_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge.name)}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.memory: dict[str, Any] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.failed = 0
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                     self.memory[row["key"]] = row["value"]
-                except (json.JSONDecodeError, KeyError):
+                except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut by a crash: recompute that verdict
+
+    @property
+    def last_error(self) -> str | None:  # type: ignore[override]
+        return self.judge.last_error
+
+    def describe(self) -> str:
+        return self.judge.describe()
 
     def _key(self, method: str, item: Any) -> str:
         blob = json.dumps([getattr(self.judge, "id", self.judge.name), method, item], ensure_ascii=False)
@@ -192,18 +222,33 @@ class CachedJudge(Judge):
         keys = [self._key(method, it) for it in items]
         todo = [i for i, k in enumerate(keys) if k not in self.memory]
         self.hits += len(items) - len(todo)
-        self.misses += len(todo)
-        if todo:
-            values = fn([items[i] for i in todo])
+        fresh: dict[int, Any] = {}
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            values = fn([items[i] for i in part])
             with open(self.path, "a") as f:
-                for i, v in zip(todo, values):
+                for i, v in zip(part, values):
                     if v is not None:  # errors are retried next time, not cached
                         self.memory[keys[i]] = v
                         f.write(json.dumps({"key": keys[i], "value": v}) + "\n")
-            fresh = dict(zip(todo, values))
-        else:
-            fresh = {}
+            fresh.update(zip(part, values))
+            self.misses += len(part)
+            self.failed += sum(v is None for v in values)
+            self.check_errors()
         return [fresh[i] if i in fresh else self.memory[k] for i, k in enumerate(keys)]
+
+    def check_errors(self, final: bool = False) -> None:
+        """Raise JudgeFailedError when more than max_error_rate of the judgements failed (before the
+        end of a run, only once min_count judgements were made: a first error is no rate yet)."""
+        total = self.hits + self.misses
+        if not total or (not final and total < self.min_count) or self.failed <= self.max_error_rate * total:
+            return
+        raise JudgeFailedError(
+            f"judge {self.name!r} ({self.describe()}) failed {self.failed} of {total} judgements "
+            f"({self.failed / total:.0%}), more than eval.judges.{self.name}.max_error_rate={self.max_error_rate:g}; "
+            f"last error: {self.last_error or 'none recorded'}. Its verdicts so far are kept in {self.path} and the "
+            f"samples in the run's samples.jsonl: fix the judge and rerun to resume (or raise the rate)"
+        )
 
     def positivity(self, items):
         return self._run("positivity", items, self.judge.positivity)

@@ -1,8 +1,10 @@
 """LM judges asked the paper's judge prompts: `hf` (any local causal LM, read from next-token
-probabilities) and `openai` (any OpenAI-compatible endpoint, with retries and backoff)."""
+probabilities) and `openai` (any OpenAI-compatible endpoint, with retries and backoff, and a circuit
+breaker: an endpoint that fails request after request stops the run at once, naming it)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -18,7 +20,7 @@ import torch
 
 from syco.data.chat import ChatFormatter
 from syco.eval import templates as T
-from syco.eval.judges import AgreeItem, GradeItem, Judge, PositivityItem
+from syco.eval.judges import AgreeItem, GradeItem, Judge, JudgeFailedError, PositivityItem
 from syco.models.backbone import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class HFJudge(PromptedJudge):
                 total = sum(mass.values())
                 if total < self.min_mass:
                     out.append(None)  # the judge put (almost) no probability on any option
+                    self.last_error = f"probability {total:.2g} on the answer options, under min_mass={self.min_mass:g}"
                 elif set(options) == {"A", "B"}:
                     out.append(mass["A"] / total)
                 else:
@@ -137,19 +140,32 @@ class HFJudge(PromptedJudge):
 class OpenAIJudge(PromptedJudge):
     """Any OpenAI-compatible chat endpoint (GPT-4, a vLLM server, ...). The key is read from the
     environment variable named in `api_key_env`; failures and unparseable replies are retried with
-    exponential backoff, then recorded as judge errors (None)."""
+    exponential backoff, then recorded as judge errors (None).
+
+    Circuit breaker: `fail_after` failed requests in a row (refused connection, timeout, HTTP error
+    other than 429, a reply that is no chat completion) before the endpoint ever answered, or
+    `fail_after` whole items' worth of them (`fail_after * (retries + 1)`) after it did, raise
+    JudgeFailedError naming the endpoint and the last error, instead of spending the retries on every
+    sample. 0 turns the breaker off."""
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
-                 retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 60.0, name: str | None = None):
+                 retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 60.0, fail_after: int = 3,
+                 name: str | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = os.environ.get(api_key_env, "")
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.fail_after = int(fail_after)
         self.name = name or f"openai-{model}"
         self.id = f"openai/{self.base_url}/{model}"
         self.errors = 0
+        self.answered = False  # the endpoint gave a chat completion at least once
+        self.failed_in_a_row = 0  # failed requests since the last chat completion
+
+    def describe(self) -> str:
+        return f"endpoint {self.base_url}, model {self.model}"
 
     def _complete(self, prompt: str, prefill: str | None) -> str:
         content = prompt if prefill is None else f"{prompt}\n\nComplete this sentence: {prefill}"
@@ -159,7 +175,10 @@ class OpenAIJudge(PromptedJudge):
                                          headers={"Content-Type": "application/json",
                                                   "Authorization": f"Bearer {self.api_key}"})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"]
+            content = json.loads(response.read())["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError(f"message content is {type(content).__name__}, not text")
+        return content
 
     @staticmethod
     def _parse(text: str, options: dict[Any, list[str]]) -> Any:
@@ -170,15 +189,50 @@ class OpenAIJudge(PromptedJudge):
                     return key
         return None
 
+    @staticmethod
+    def _http_error(err: urllib.error.HTTPError) -> str:
+        try:
+            detail = err.read(300).decode("utf-8", "replace").strip()
+        except Exception:  # noqa: BLE001 - the status alone says enough
+            detail = ""
+        return f"HTTP {err.code} {err.reason}" + (f": {detail}" if detail else "")
+
+    def _request_failed(self, reason: str) -> None:
+        """One more failed request; trip the breaker when the endpoint looks down."""
+        self.failed_in_a_row += 1
+        limit = self.fail_after * (self.retries + 1) if self.answered else self.fail_after
+        if self.fail_after > 0 and self.failed_in_a_row >= limit:
+            never = "" if self.answered else " and it never answered"
+            raise JudgeFailedError(
+                f"judge {self.name!r}: the endpoint {self.base_url} (model {self.model}) failed {self.failed_in_a_row} "
+                f"requests in a row{never}; last error: {reason}. Check that the server is up and reachable from "
+                f"here, and eval.judges.{self.name}.base_url / api_key_env; verdicts already given are cached and a "
+                f"rerun resumes"
+            )
+
     def _ask_one(self, prompt: str, prefill: str | None, options: dict[Any, list[str]]) -> Any:
+        reason = ""
         for attempt in range(self.retries + 1):
+            counts = True  # whether this failure says the endpoint is down
             try:
-                picked = self._parse(self._complete(prompt, prefill), options)
+                text = self._complete(prompt, prefill)
+            except urllib.error.HTTPError as err:
+                reason = self._http_error(err)
+                counts = err.code != 429  # rate limited: the endpoint is there, back off
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
+                why = getattr(err, "reason", err)
+                reason = f"{type(why).__name__}: {why}"
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as err:
+                reason = f"reply is no chat completion ({type(err).__name__}: {err})"
+            else:
+                self.answered, self.failed_in_a_row = True, 0
+                picked = self._parse(text, options)
                 if picked is not None:
                     return picked
-                reason = "unparseable reply"
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError, OSError) as err:
-                reason = f"{type(err).__name__}: {err}"
+                reason, counts = f"unparseable reply {text[:80]!r}", False
+            self.last_error = reason
+            if counts:
+                self._request_failed(reason)
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
         self.errors += 1

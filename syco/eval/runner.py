@@ -16,7 +16,7 @@ from syco.core.metrics import cohen_kappa
 from syco.data.records import EvalRecord
 from syco.data.samples import Sample
 from syco.eval.generation import Sampling, cached_judge, open_sampling
-from syco.eval.judges import Judge
+from syco.eval.judges import CachedJudge, Judge
 from syco.eval.tasks import STAGES, labels_for_agreement, stage_request, task_metrics, verdicts
 from syco.tracking import Report, build_loggers, flat_metrics, send, walk_metrics, write_json_atomic
 
@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tasks = check_tasks(cfg.eval)
+    loggers = build_loggers(cfg)  # before any work: W&B online without a network fails here, not at the end
     sampling = open_sampling(cfg, run_dir)
     samples = generate_samples(sampling, cfg.eval, tasks)
     generation_s = time.time() - start
@@ -60,7 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(run_dir / "results.json", summary)
     sampling.store.rewrite([s for ss in samples.values() for s in ss])
-    send(build_loggers(cfg), report(summary, samples))
+    send(loggers, report(summary, samples))
     log_results(summary)
     return summary
 
@@ -95,7 +96,8 @@ def build_judges(ev: Any, run_dir: Path) -> dict[str, Judge]:
 
 def judge_and_aggregate(samples: Mapping[str, list[Sample]], judges: Mapping[str, Judge]
                         ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    """Every judge's verdicts on every sample, then ({task: {judge: task_metrics}}, judge errors)."""
+    """Every judge's verdicts on every sample, then ({task: {judge: task_metrics}}, judge errors). A
+    judge that failed more than its max_error_rate of its judgements raises JudgeFailedError."""
     results: dict[str, Any] = {}
     errors: dict[str, dict[str, int]] = {}
     for task, ss in samples.items():
@@ -104,6 +106,9 @@ def judge_and_aggregate(samples: Mapping[str, list[Sample]], judges: Mapping[str
             verdicts(task, ss, judge)
             results[task][name] = task_metrics(task, ss, name)
             errors.setdefault(name, {})[task] = sum(_has_error(s["verdicts"].get(name)) for s in ss)
+    for judge in judges.values():
+        if isinstance(judge, CachedJudge):
+            judge.check_errors(final=True)
     return results, errors
 
 
