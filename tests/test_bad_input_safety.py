@@ -9,8 +9,11 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import transformers.dynamic_module_utils as dynamic_modules
@@ -18,6 +21,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 import syco.tracking as tracking
+from syco.bon.scoring import pm_spec, score_pools
 from syco.models.backbone import RemoteCodeRefusedError, _gguf_package_file, folder_model_config
 from syco.models.lora import check_adapter_folder
 from syco.pm import PreferenceModel, load
@@ -25,6 +29,7 @@ from syco.pm.model import read_meta
 from syco.ppo.model import ActorCritic
 from syco.tracking import DiskFullError, publish_dir, save_figure_atomic, write_json_atomic
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS, RESPONSES = ["What is the capital of France?", "Hi"], ["Paris.", "Hello!"]
 
 
@@ -131,6 +136,19 @@ def test_attached_pm_does_not_carry_the_folders_trust(exported, tmp_path):
     pm = ac.attach_pm(pm_dir, "pm")
     assert pm.model_cfg["trust_remote_code"] is False
     assert len(pm.score(PROMPTS, RESPONSES)) == 2
+
+
+def test_bon_pm_trust_comes_from_the_bon_config_only(exported, tmp_path, modules_cache):
+    pm_dir, marker = evil_pm(exported, tmp_path, model_type="evil_model")
+    spec = pm_spec("gold", {"path": str(pm_dir)}, {})
+    assert spec["trust_remote_code"] is False and spec["trust_key"] == "bon.pms.gold.trust_remote_code"
+    record = SimpleNamespace(key="r1", messages=lambda: ([{"role": "user", "content": "Hi"}], None))
+    pools = [{"record": record, "samples": [{"responses": ["Hello!"]}]}]
+    with pytest.raises(RemoteCodeRefusedError, match=r"set bon.pms.gold.trust_remote_code=true"):
+        score_pools(spec, pools, tmp_path / "scores.json", device="cpu")
+    assert not marker.exists() and not (tmp_path / "scores.json").exists()
+    with pytest.raises(ValueError, match=r"bon.pms.gold.trust_remote_code='yes': expected true or false"):
+        pm_spec("gold", {"path": str(pm_dir), "trust_remote_code": "yes"}, {})
 
 
 def test_folder_model_config_keeps_only_the_callers_trust_and_no_hub_kernel(caplog):
@@ -272,3 +290,22 @@ def test_full_disk_pm_save_is_named_and_keeps_the_old_export(exported, tmp_path,
         pm.save(path)
     assert {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pm"]  # no half-written export left
+
+
+# --- an evaluation whose judge endpoint is down fails, keeping what it wrote ------------------------------
+def test_eval_with_an_unreachable_judge_fails_fast_and_keeps_the_samples(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"  # closed when the block ends: refused
+    run = tmp_path / "run"
+    cmd = [sys.executable, "evaluate.py", f"hydra.run.dir={run}", "policy=tiny", "eval=openai_judge",
+           f"eval.judges.openai.base_url={url}", "eval.judges.openai.backoff_s=0.01", "eval.tasks=[misconceptions]",
+           "eval.misconceptions.sources.builtin.limit=3", "eval.generation.max_new_tokens=8", "logger=none"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0, "a run whose judge cannot be reached must not exit 0"
+    assert f"JudgeFailedError: judge 'openai': the endpoint {url} (model gpt-4) failed 3 requests" in proc.stderr
+    assert "ConnectionRefusedError" in proc.stderr
+    assert not (run / "results.json").exists()  # no results that look complete
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 3  # generation kept: a rerun resumes
+    assert len((run / "judge_cache" / "rules.jsonl").read_text().splitlines()) == 3

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def pm_spec(name: str, spec: Any, prefixes: Mapping[str, Any], where: str = "bon.pms") -> dict[str, Any]:
     """`bon.pms.<name>` (or `<where>.<name>`): an exported PM folder, or {path, prefix: saved | none |
-    <name in bon.prefixes>}."""
+    <name in bon.prefixes>, trust_remote_code: false}. Only `trust_remote_code` here lets the PM's
+    base model run code of its own: the folder's syco_pm.json cannot."""
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, Mapping) or not spec.get("path"):
@@ -32,7 +33,11 @@ def pm_spec(name: str, spec: Any, prefixes: Mapping[str, Any], where: str = "bon
     if not (path / "syco_pm.json").is_file():
         raise FileNotFoundError(f"{where}.{name}: {path} is not an exported syco PM (no syco_pm.json)")
     messages = None if prefix in ("none", None) else "saved" if prefix == "saved" else list(prefixes[prefix])
-    return {"name": name, "path": str(path), "prefix": messages}
+    trust = spec.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"{where}.{name}.trust_remote_code={trust!r}: expected true or false")
+    return {"name": name, "path": str(path), "prefix": messages, "trust_remote_code": trust,
+            "trust_key": f"{where}.{name}.trust_remote_code"}
 
 
 def fingerprint(spec: Mapping[str, Any]) -> str:
@@ -79,7 +84,9 @@ def score_pools(spec: Mapping[str, Any], pools: Sequence[Mapping[str, Any]], cac
             log.info("%s: the PM changed since %s was written; rescoring", spec["name"], cache_file)
     todo = [p for p in pools if len(cached.get(p["record"].key, [])) != len(p["samples"])]
     if todo:
-        pm = syco.pm.load(spec["path"], prefix=spec["prefix"], cache_dir=cache_dir, device=device)
+        pm = syco.pm.load(spec["path"], prefix=spec["prefix"], cache_dir=cache_dir, device=device,
+                          trust_remote_code=bool(spec.get("trust_remote_code", False)),
+                          trust_key=spec.get("trust_key", "trust_remote_code"))
         log.info("%s: scoring %d pools (%d responses)", spec["name"], len(todo), sum(len(p["samples"]) for p in todo))
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
