@@ -13,11 +13,17 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from syco.core.config_checks import check_eval_config
+from syco.lifecycle import run_status
+
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    check_eval_config(cfg)  # values that cannot run fail here, naming the key, before any model or data is loaded
     logging.getLogger(__name__).info("method=%s run_dir=%s", cfg.method.name, cfg.run_dir)
-    get_method(cfg.method.entry)(cfg)
+    # status.json says how far it got; SIGTERM stops it at a sample boundary with exit status 143
+    with run_status(cfg.run_dir, f"evaluate.py method={cfg.method.name}", signals=True):
+        get_method(cfg.method.entry)(cfg)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from syco.core.config_checks import check_train_config
+
 
 def objective_value(result: Mapping[str, Any] | None, objective: str | None) -> float | None:
     """`result["metrics"][objective]["value"]`: what a sweep optimizes (None when no objective is set)."""
@@ -29,6 +31,7 @@ def objective_value(result: Mapping[str, Any] | None, objective: str | None) -> 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    check_train_config(cfg)  # values that cannot run fail here, naming the key, before any model or data is loaded
     logging.getLogger(__name__).info("task=%s run_dir=%s", cfg.task.name, cfg.run_dir)
     result = get_method(cfg.task.entry)(cfg)
     return objective_value(result, cfg.task.get("objective"))

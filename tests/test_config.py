@@ -6,18 +6,23 @@ records; the CPU trainer instantiates."""
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import yaml
-from conftest import CONF_DIR, SHARED_DATA, compose_resolvable
+from conftest import CONF_DIR, REPO_ROOT, SHARED_DATA, compose_resolvable
 from hydra.utils import get_method, instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import OmegaConf
+from test_docs_commands import ENTRY_POINTS, all_commands
 
 from syco.bon.probe import probe_records
+from syco.core.config_checks import ConfigError, check_eval_config, check_train_config
 from syco.data.pairs import BadRows
 from syco.data.records import write_released
 from syco.eval import sources as S
@@ -274,3 +279,175 @@ def test_real_data_sources_are_reached():
                 and name not in {"feedback_records", "mimicry_records"}}  # built from the texts/poems of others
     assert builders <= named, f"no config reaches {sorted(builders - named)}"
     assert (SHARED_DATA / "truthfulqa" / "TruthfulQA.csv").is_file()
+
+
+# --- config values that cannot run fail at start-up, naming the key (syco.core.config_checks) ---------------
+def _checked(primary: str, overrides: list[str], tmp_path: Path) -> None:
+    cfg = compose_resolvable(primary, overrides, tmp_path / "run")
+    (check_train_config if primary == "train" else check_eval_config)(cfg)
+
+
+def _problems(primary: str, overrides: list[str], tmp_path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        _checked(primary, overrides, tmp_path)
+    assert str(info.value).startswith(f"{primary}.py: {len(info.value.problems)} config value(s) cannot run")
+    return info.value.problems
+
+
+def _required(overrides: list[str]) -> list[str]:
+    """The overrides, with every key the options leave `???` set (as a command must), and ppo.pm for task=ppo."""
+    keys = set().union(*(REQUIRED.get(o, set()) for o in overrides))
+    extra = [f"{k}=/required/{k}" for k in sorted(keys)]
+    return [*overrides, *extra, *(["ppo.pm=/required/pm"] if "task=ppo" in overrides else [])]
+
+
+@pytest.mark.parametrize(("primary", "option"), [*cases("train"), *cases("evaluate")])
+def test_every_option_passes_the_start_up_checks(primary, option, tmp_path):
+    _checked(primary, _required([option]), tmp_path)
+
+
+@pytest.mark.parametrize("experiment", groups("train")["experiment"])
+@pytest.mark.parametrize("task", groups("train")["task"])
+def test_every_experiment_passes_the_start_up_checks(experiment, task, tmp_path):
+    _checked("train", _required([f"experiment={experiment}", f"task={task}"]), tmp_path)
+
+
+@pytest.mark.parametrize("eval_option", groups("evaluate")["eval"])
+@pytest.mark.parametrize("method", groups("evaluate")["method"])
+def test_every_eval_option_passes_the_start_up_checks(eval_option, method, tmp_path):
+    _checked("evaluate", _required([f"method={method}", f"eval={eval_option}"]), tmp_path)
+
+
+def test_documented_commands_pass_the_start_up_checks(tmp_path):
+    commands = all_commands()
+    assert commands
+    for command in commands:
+        try:
+            _checked(ENTRY_POINTS[command.entry], command.overrides, tmp_path)
+        except ConfigError as e:
+            raise AssertionError(f"{command.where()}: {e}") from e
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    (["model=local"], "model.name_or_path=???: required and unset; e.g. python train.py model=local "
+                      "model.name_or_path=/path/to/model_folder"),
+    (["data=jsonl"], "data.sources.pairs.path=???: required and unset; e.g. python train.py data=jsonl "
+                     "data.sources.pairs.path=/path/to/pairs.jsonl"),
+    (["model=llama", "model.name_or_path=null"], "model.name_or_path=null: model.source=pretrained loads a model "
+                                                 "folder or hub id and none is given; e.g. python train.py model=local"),
+    (["task=ppo"], "ppo.pm=null: task=ppo optimizes against an exported PM and none is given; e.g. python train.py "
+                   "task=ppo ppo.pm="),
+    (["experiment=planted_bias_known", "task=rlhf"], "policy_samples=???: required and unset (read as "),
+    (["optimizer.lr=0"], "optimizer.lr=0: must be a finite number > 0; e.g. optimizer.lr=2e-4"),
+    (["optimizer.lr=-1e-4"], "optimizer.lr=-0.0001: must be a finite number > 0"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan: must be a finite number > 0"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: must be a finite number > 0"),
+    (["optimizer.lr=fast"], "optimizer.lr=fast: must be a finite number > 0"),
+    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9,1.5]: must be two numbers in [0, 1)"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1: must be a finite number >= 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: trains nothing"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: trains nothing"),
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5: must be an integer >= 1, or -1 (no limit)"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1: with trainer.max_steps=-1 training never stops"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
+    (["checkpoint.every_n_train_steps=-1"], "checkpoint.every_n_train_steps=-1: must be an integer >= 0"),
+    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
+    (["data.batch_size=2.5"], "data.batch_size=2.5: must be an integer >= 1"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size=0: must be an integer >= 1"),
+    (["data.max_length=4"], "data.max_length=4: must be an integer >= 8; a prompt and a response must fit"),
+    (["split.heldout_fraction=1.0"], "split.heldout_fraction=1.0: must be a finite number >= 0 and < 1"),
+    (["split.heldout_fraction=-0.1"], "split.heldout_fraction=-0.1: must be a finite number >= 0 and < 1"),
+    (["data.heldout_fraction=1.5"], "data.heldout_fraction=1.5: must be a finite number >= 0 and < 1"),
+    (["data.on_bad_row=warn"], "data.on_bad_row=warn: must be one of error, skip"),
+    (["data.max_train_pairs=0"], "data.max_train_pairs=0: must be an integer >= 1 (or null)"),
+    (["+data.sources.beliefs.limit=-1"], "data.sources.beliefs.limit=-1: must be an integer >= 1 (or null)"),
+    (["data.sources.beliefs.beta=nan"], "data.sources.beliefs.beta=nan: must be a finite number"),
+    (["data.sources.beliefs=null"], "data.sources={}: no data source is set: nothing to train on"),
+    (["pm=nonsyco", "pm.anti_sycophancy.ratio=-0.5"], "pm.anti_sycophancy.ratio=-0.5: must be a finite number >= 0"),
+    (["task=rlhf", "ppo.optimizer.lr=0"], "ppo.optimizer.lr=0: must be a finite number > 0"),
+    (["task=ppo", "ppo.pm=/x", "ppo.total_steps=0"], "ppo.total_steps=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.batch_size=1"], "ppo.batch_size=1: must be an integer >= 2"),
+    (["task=ppo", "ppo.pm=/x", "ppo.mini_batch_size=0"], "ppo.mini_batch_size=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.mini_batch_size=3"], "ppo.mini_batch_size=3: must divide ppo.batch_size=8; "
+                                                         "e.g. ppo.mini_batch_size=2"),
+    (["task=ppo", "ppo.pm=/x", "ppo.eval.batch_size=0"], "ppo.eval.batch_size=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.reward.batch_size=0"], "ppo.reward.batch_size=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.forward_batch_size=0"], "ppo.forward_batch_size=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.checkpoint_every=0"], "ppo.checkpoint_every=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.temperature=0"], "ppo.temperature=0: must be a finite number > 0"),
+])
+def test_train_values_that_cannot_run(overrides, problem, tmp_path):
+    problems = _problems("train", overrides, tmp_path)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    (["policy=local"], "policy.name_or_path=???: required and unset; e.g. python evaluate.py policy=local "
+                       "policy.name_or_path=/path/to/model_folder"),
+    (["method=checkpoints"], "checkpoints.run=???: required and unset; e.g. python evaluate.py method=checkpoints "
+                             "checkpoints.run="),
+    (["eval.answer.sources.builtin.limit=-1"], "eval.answer.sources.builtin.limit=-1: must be an integer >= 0"),
+    (["eval.probe.limit=-2"], "eval.probe.limit=-2: must be an integer >= 0 (or null)"),
+    (["eval.generation.max_new_tokens=0"], "eval.generation.max_new_tokens=0: must be an integer >= 1"),
+    (["eval.generation.samples_per_prompt=0"], "eval.generation.samples_per_prompt=0: must be an integer >= 1"),
+    (["eval.generation.batch_size=0"], "eval.generation.batch_size=0: must be an integer >= 1"),
+    (["eval.generation.temperature_free=-1"], "eval.generation.temperature_free=-1: must be a finite number >= 0"),
+    (["eval.generation.top_p=0"], "eval.generation.top_p=0: must be a finite number > 0 and <= 1"),
+    (["eval.on_bad_row=ignore"], "eval.on_bad_row=ignore: must be one of error, skip"),
+    (["eval=planted_bias", "split.heldout_fraction=1"], "split.heldout_fraction=1: must be a finite number >= 0"),
+    (["method=bon", "bon.k=0"], "bon.k=0: must be an integer >= 1"),
+    (["method=bon", "bon.k=4", "bon.n_grid=[1,8]"], "bon.n_grid=[1,8]: every n must be an integer in [1, bon.k=4]"),
+    (["method=checkpoints", "checkpoints.run=/r", "checkpoints.z=0"], "checkpoints.z=0: must be a finite number > 0"),
+])
+def test_eval_values_that_cannot_run(overrides, problem, tmp_path):
+    problems = _problems("evaluate", overrides, tmp_path)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_every_problem_is_listed_once(tmp_path):
+    problems = _problems("train", ["model=local", "data=jsonl", "optimizer.lr=0", "data.batch_size=0",
+                                   "split.heldout_fraction=2"], tmp_path)
+    assert [p.split("=")[0] for p in problems] == ["model.name_or_path", "data.sources.pairs.path",
+                                                   "split.heldout_fraction", "data.batch_size", "optimizer.lr"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.max_epochs=-1", "trainer.max_steps=100"], ["trainer.max_epochs=null"], ["trainer.max_steps=10"],
+    ["checkpoint.every_n_train_steps=0"], ["split.heldout_fraction=0"], ["data.max_length=8"],
+    ["pm=nonsyco_prompted", "pm.from_path=/pm", "optimizer.lr=0", "trainer.max_epochs=0"],
+    ["task=ppo", "ppo.pm=/x", "data=jsonl", "optimizer.lr=0"],  # task=ppo reads no preference data or optimizer
+    ["trainer.max_epochs=-1", "+trainer.max_time=00:01:00:00"],
+])
+def test_legitimate_train_values_pass(overrides, tmp_path):
+    _checked("train", overrides, tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.answer.sources.builtin.limit=0"], ["eval.probe.limit=null"], ["eval.generation.temperature_free=0"],
+    ["method=checkpoints", "checkpoints.run=/r", "policy=local"],  # the steps' own base model: policy unused
+])
+def test_legitimate_eval_values_pass(overrides, tmp_path):
+    _checked("evaluate", overrides, tmp_path)
+
+
+def test_plain_mapping_is_checked_too():
+    with pytest.raises(ConfigError, match=r"optimizer.lr=0: must be a finite number > 0"):
+        check_train_config({"task": {"name": "pm"}, "optimizer": {"lr": 0}})
+    check_train_config({"task": {"name": "pm"}, "optimizer": {"lr": 1e-3}})
+
+
+@pytest.mark.parametrize(("entry", "overrides", "key"), [
+    ("train.py", ["data=jsonl"], "data.sources.pairs.path=???"),
+    ("train.py", ["model=local", "optimizer.lr=0"], "model.name_or_path=???"),
+    ("evaluate.py", ["policy=local"], "policy.name_or_path=???"),
+])
+def test_entry_points_stop_before_any_work(entry, overrides, key, tmp_path):
+    """The check runs first thing in main: the error names the key, and no model or data was touched
+    (nothing was written into the run folder, no task log line)."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, entry, f"hydra.run.dir={run}", *overrides], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SYCO_SHARED_DATA": str(SHARED_DATA)})
+    assert proc.returncode != 0
+    assert key in proc.stderr and "ConfigError" in proc.stderr, proc.stderr[-3000:]
+    assert "task=" not in proc.stderr.split("ConfigError")[0] and not (run / "checkpoints").exists()
