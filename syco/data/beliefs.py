@@ -74,6 +74,22 @@ DISAGREE = {
 PLAIN = {"answer": ["The answer is {x}.", "It's {x}."], "statement": ["{x}", "Here is the answer: {x}"]}
 
 
+def same_answer(a: str, b: str) -> bool:
+    """One answer written twice: equal up to case, spacing and a final full stop (as loaded). Not
+    the graders' looser match, which drops articles: "for a man" / "for man" are two answers."""
+    def key(t: str) -> str:
+        return " ".join(t.casefold().split()).rstrip(".")
+    return key(a) == key(b)
+
+
+def check_item(item: BeliefItem, field: str) -> BeliefItem:
+    """An item whose falsehood is its truth (or an accepted alias) makes degenerate pairs (the same
+    response chosen and rejected) and contradictory labels: a bad row naming the falsehood's field."""
+    if any(same_answer(item.falsehood, a) for a in item.answers):
+        raise BadRowError(item.source, field, "the wrong answer is the same as the correct one", repr(item.falsehood))
+    return item
+
+
 def _fill(templates: Sequence[str], i: int, **kw: str) -> str:
     return templates[i % len(templates)].format(**kw)
 
@@ -95,11 +111,11 @@ def load_facts(path: str = BUILTIN, bad_rows: BadRows | None = None) -> list[Bel
             answers = row.get("answers")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
                 raise BadRowError(source, "answers", "expected a non-empty list of non-empty strings")
-            items.append(BeliefItem(
+            items.append(check_item(BeliefItem(
                 id=require_text(row, "id", source), kind="fact", question=require_text(row, "question", source),
                 truth=answers[0], falsehood=require_text(row, "wrong_answer", source), style="answer", source=source,
                 aliases=tuple(answers[1:]), category=str(row.get("category", "")),
-            ))
+            ), "wrong_answer"))
         except BadRowError as err:
             bad_rows.handle(err)
     return items
@@ -114,12 +130,12 @@ def load_misconceptions(path: str = BUILTIN, bad_rows: BadRows | None = None) ->
     items = []
     for source, row in iter_jsonl(file, bad_rows):
         try:
-            items.append(BeliefItem(
+            items.append(check_item(BeliefItem(
                 id=require_text(row, "id", source), kind="misconception",
                 question=require_text(row, "question", source), truth=require_text(row, "truth", source),
                 falsehood=require_text(row, "misconception", source), style="statement", source=source,
                 category=str(row.get("category", "")),
-            ))
+            ), "misconception"))
         except BadRowError as err:
             bad_rows.handle(err)
     return items
@@ -157,9 +173,13 @@ def load_truthfulqa(
                 continue
             kind = "misconception" if row["Category"] == "Misconceptions" else "fact"
             correct = [c.strip().rstrip(".") for c in (row.get("Correct Answers") or "").split(";") if c.strip()]
-            items.append(BeliefItem(f"tqa-{row_no - 1:03d}", kind, question, best, wrong[0], "answer", source,
-                                    aliases=tuple(c for c in correct if c != best), category=row["Category"],
-                                    wrong_answers=tuple(wrong)))
+            try:  # the falsehood of the pairs and prompts is the first incorrect answer
+                items.append(check_item(BeliefItem(
+                    f"tqa-{row_no - 1:03d}", kind, question, best, wrong[0], "answer", source,
+                    aliases=tuple(c for c in correct if c != best), category=row["Category"],
+                    wrong_answers=tuple(wrong)), "Incorrect Answers"))
+            except BadRowError as err:
+                bad_rows.handle(err)
     return items
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from syco.data.chat import Message
-from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, prompt_group, require_text
+from syco.data.pairs import (
+    BadRowError,
+    BadRows,
+    PreferencePair,
+    iter_jsonl,
+    prompt_group,
+    require_distinct,
+    require_text,
+)
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -36,8 +44,7 @@ def hh_pair(row: dict[str, Any], source: str) -> PreferencePair:
             raise BadRowError(source, name, "no human turn before the final assistant turn")
     if chosen[:-1] != rejected[:-1]:
         raise BadRowError(source, "rejected", "chosen and rejected transcripts do not share the same prompt")
-    if chosen[-1]["content"] == rejected[-1]["content"]:
-        raise BadRowError(source, "rejected", "chosen and rejected responses are identical")
+    require_distinct(chosen[-1]["content"], rejected[-1]["content"], source)
     return PreferencePair(
         prompt=tuple(chosen[:-1]),
         chosen=chosen[-1]["content"],

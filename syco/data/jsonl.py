@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from syco.data.chat import Message
-from syco.data.pairs import BadRowError, BadRows, PreferencePair, iter_jsonl, prompt_group, require_text
+from syco.data.pairs import (
+    BadRowError,
+    BadRows,
+    PreferencePair,
+    iter_jsonl,
+    prompt_group,
+    require_distinct,
+    require_number,
+    require_text,
+)
 
 
 def _prompt(row: dict[str, Any], source: str) -> tuple[Message, ...]:
@@ -44,12 +53,11 @@ def preference_jsonl_pair(row: dict[str, Any], source: str) -> PreferencePair:
     prompt = _prompt(row, source)
     chosen = _response(row, "chosen", source)
     rejected = _response(row, "rejected", source)
-    margin = row.get("margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise BadRowError(source, "margin", f"expected a number, got {type(margin).__name__}")
+    require_distinct(chosen, rejected, source)
+    margin = require_number(row, "margin", source, default=0.0)
     group = row.get("group", row.get("id"))
     group = f"jsonl:{group}" if group is not None else prompt_group("jsonl", prompt)
-    return PreferencePair(prompt, chosen, rejected, source, group=group, margin=float(margin))
+    return PreferencePair(prompt, chosen, rejected, source, group=group, margin=margin)
 
 
 def load_preference_jsonl(

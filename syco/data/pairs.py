@@ -6,6 +6,9 @@ import gzip
 import hashlib
 import json
 import logging
+import math
+import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 # "no_belief" accuracy says whether the PM tells the true answer from the false one at all.
 # "belief" is a pair of the policy's own samples (data=policy_beliefs).
 KINDS = ("general", "belief", "anti_sycophancy", "syco_probe", "false_belief", "true_belief", "no_belief")
+FLOAT32_MAX = 3.4028234663852886e38  # margins and scores become float32 tensors: larger is inf there
 
 
 @dataclass(frozen=True)
@@ -95,31 +99,97 @@ def is_heldout(group: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read as a whole (truncated or mislabelled compression): not one bad
+    row, so raised whatever data.on_bad_row says."""
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a plain or gzip file; a gzip file that is truncated, corrupt or not
+    gzip at all is a DataFileError naming the path (and the line where it broke off)."""
+    if path.suffix != ".gz":
+        with open(path, "rb") as f:
+            if f.read(2) == GZIP_MAGIC:
+                raise DataFileError(f"{path}: the file is gzip-compressed but its name does not end in .gz; "
+                                    f"rename it to {path.name}.gz (or decompress it)")
+            f.seek(0)
+            yield from enumerate(f, start=1)
+        return
+    line_no = 0
+    with gzip.open(path, "rb") as f:
+        while True:
+            try:
+                raw = f.readline()
+            except gzip.BadGzipFile as err:
+                if line_no == 0 and "Not a gzipped file" in str(err):
+                    raise DataFileError(f"{path}: not a gzip file ({err}); its name ends in .gz: if it is plain "
+                                        f"JSONL, rename it without .gz") from err
+                raise DataFileError(f"{path}:{line_no + 1}: the gzip file is corrupt ({err}); re-download or "
+                                    "re-compress it") from err
+            except (EOFError, zlib.error) as err:
+                raise DataFileError(f"{path}:{line_no + 1}: the gzip file is truncated or corrupt: it breaks off "
+                                    f"after line {line_no} ({err}); re-download or re-compress it") from err
+            if not raw:
+                return
+            line_no += 1
+            yield line_no, raw
+
+
+def nonfinite_field(value: Any, path: str = "") -> str | None:
+    """The path (`margin`, `base.letters`, `prompt[0].x`) of the first NaN or infinite number in a
+    parsed JSON value, or None. Python's json reads NaN, Infinity and 1e999 without complaint."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "<value>")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = nonfinite_field(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = nonfinite_field(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _field_value(obj: Any, path: str) -> Any:
+    for part in re.findall(r"[^.\[\]]+", path):
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
 def iter_jsonl(path: str | Path, bad_rows: BadRows) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (source, object) for each line of a .jsonl or .jsonl.gz file; bad lines go to `bad_rows`."""
+    """Yield (source, object) for each line of a .jsonl or .jsonl.gz file; bad lines go to `bad_rows`
+    (not UTF-8, not JSON, not an object, a NaN or infinite number anywhere in it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            source = f"{path}:{line_no}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad_rows.handle(BadRowError(source, "<line>", "not valid UTF-8", err.reason))
-                continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                bad_rows.handle(BadRowError(source, "<line>", "not valid JSON", err.msg))
-                continue
-            if not isinstance(obj, dict):
-                bad_rows.handle(BadRowError(source, "<line>", "expected a JSON object", f"got {type(obj).__name__}"))
-                continue
-            yield source, obj
+    for line_no, raw in _lines(path):
+        source = f"{path}:{line_no}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad_rows.handle(BadRowError(source, "<line>", "not valid UTF-8", err.reason))
+            continue
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            bad_rows.handle(BadRowError(source, "<line>", "not valid JSON", err.msg))
+            continue
+        if not isinstance(obj, dict):
+            bad_rows.handle(BadRowError(source, "<line>", "expected a JSON object", f"got {type(obj).__name__}"))
+            continue
+        bad = nonfinite_field(obj)
+        if bad:
+            bad_rows.handle(BadRowError(source, bad, "not a finite number", repr(_field_value(obj, bad))))
+            continue
+        yield source, obj
 
 
 def require_text(obj: dict[str, Any], key: str, source: str) -> str:
@@ -131,3 +201,31 @@ def require_text(obj: dict[str, Any], key: str, source: str) -> str:
     if not value.strip():
         raise BadRowError(source, key, "empty")
     return value
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equal once surrounding and repeated whitespace are ignored (what no tokenizer should tell apart)."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def require_distinct(chosen: str, rejected: str, source: str) -> None:
+    """A degenerate pair (chosen == rejected) teaches nothing and scores a tie: a bad row of every loader."""
+    if same_text(chosen, rejected):
+        raise BadRowError(source, "rejected", "chosen and rejected responses are identical")
+
+
+def require_number(obj: dict[str, Any], key: str, source: str, default: float | None = None) -> float:
+    """A finite int or float (not a bool, not a numeric string); `default` when absent or null."""
+    value = obj.get(key)
+    if value is None:
+        if default is None:
+            raise BadRowError(source, key, "missing")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRowError(source, key, f"expected a number, got {type(value).__name__}", repr(value)[:80])
+    if not math.isfinite(value):
+        raise BadRowError(source, key, "not a finite number", repr(value))
+    if abs(value) > FLOAT32_MAX:
+        raise BadRowError(source, key, "too large for a 32-bit float (it would be inf in training)", repr(value))
+    return float(value)
+

@@ -38,18 +38,31 @@ class JudgedSample:
     source: str
 
 
-def _classify(sample: Sample, verdict: dict[str, Any]) -> tuple[int, int, bool] | None:
+def _flag(sample: Sample, judge: str, key: str) -> bool | None:
+    """verdicts.<judge>.<key>: true, false or null (no verdict); anything else is a bad row (a string
+    "false" would otherwise count as true)."""
+    verdict = sample["verdicts"][judge]
+    if not isinstance(verdict, dict):
+        raise BadRowError(sample["line"], f"verdicts.{judge}", "expected an object of verdicts",
+                          f"got {type(verdict).__name__}")
+    value = verdict.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRowError(sample["line"], f"verdicts.{judge}.{key}", "expected true, false or null", repr(value)[:80])
+    return value
+
+
+def _classify(sample: Sample, judge: str) -> tuple[int, int, bool] | None:
     """(matches_belief, truthful, false_belief), or None when the judge gave no verdict."""
     rec = sample["record"]
     if rec.task == "misconceptions":
-        refutes = verdict.get("refutes")
+        refutes = _flag(sample, judge, "refutes")
         return None if refutes is None else (int(not refutes), int(refutes), True)
     if rec.task != "answer":
         raise BadRowError(sample["line"], "task", "only answer and misconceptions samples make belief pairs",
                           str(rec.task))
     if rec.template not in AGREEMENT:
         raise BadRowError(sample["line"], "template", "unknown answer template", str(rec.template))
-    correct = verdict.get("correct")
+    correct = _flag(sample, judge, "correct")
     if correct is None:
         return None
     agreement = AGREEMENT[rec.template]
@@ -75,7 +88,7 @@ def load_judged_samples(path: str | Path, bad_rows: BadRows, judge: str = "rules
     out = []
     for sample in read_samples(path, bad_rows, judge, _check_tasks(tasks)):
         try:
-            label = _classify(sample, sample["verdicts"][judge])
+            label = _classify(sample, judge)
         except BadRowError as err:
             bad_rows.handle(err)
             continue

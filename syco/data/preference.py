@@ -11,8 +11,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
+from syco.core.config_checks import EXAMPLES
 from syco.core.packing import pack_rows
 from syco.core.schedule import batches_per_epoch
 from syco.data.beliefs import anti_sycophancy_pairs, load_items, probe_pairs, split_items
@@ -56,6 +58,11 @@ def build_preference_splits(data_cfg: Mapping[str, Any], pm_cfg: Mapping[str, An
     for name, src in sources.items():
         if src is None:
             continue
+        unset = [k for k in src.keys() if OmegaConf.is_missing(src, k)] if OmegaConf.is_config(src) else []
+        if unset:
+            key = f"data.sources.{name}.{unset[0]}"
+            raise ValueError(f"{key}=???: required and unset; e.g. "
+                             f"{EXAMPLES.get(key, f'python train.py ... {key}=<value>')}")
         loader = instantiate(src)
         pairs = loader(bad_rows=bad_rows, seed=seed)
         if not pairs:
@@ -143,6 +150,10 @@ def encode_pairs(pairs: Sequence[PreferencePair], formatter: ChatFormatter, max_
             continue
         chosen, rejected = formatter.responses_ids([pair.chosen, pair.rejected])
         if len(chosen) > room or len(rejected) > room:
+            if chosen[:room] == rejected[:room]:  # a degenerate pair once cut: the same tokens chosen and rejected
+                bad_rows.handle(BadRowError(pair.source, "rejected", "chosen and rejected are identical once cut to "
+                                            f"max_length={max_length}", f"{room} response tokens fit"))
+                continue
             bad_rows.note(f"responses truncated to max_length={max_length}")
         out.append(EncodedPair(prompt_ids, chosen[:room], rejected[:room], pair.margin, KINDS.index(pair.kind)))
     return out

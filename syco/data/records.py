@@ -8,6 +8,7 @@ syco builds records of this same shape from raw datasets and reads the authors' 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,10 @@ def _check_prompt(value: Any, source: str) -> list[dict[str, str]]:
 
 
 def load_released(path: str | Path, task: str, bad_rows: BadRows, template_of: Any = None,
-                  limit: int | None = None) -> list[EvalRecord]:
+                  limit: int | None = None, check: Callable[[EvalRecord], None] | None = None) -> list[EvalRecord]:
     """Read a released-format file. `template_of(metadata, base)` names each record's template
-    (from the prompt template text); records it cannot place are bad rows."""
+    (from the prompt template text); records it cannot place are bad rows, and so are records that
+    `check` (what the task reads from the base) raises a BadRowError for."""
     records = []
     for source, row in iter_jsonl(path, bad_rows):
         if limit is not None and len(records) >= limit:
@@ -88,7 +90,10 @@ def load_released(path: str | Path, task: str, bad_rows: BadRows, template_of: A
             if not template:
                 raise BadRowError(source, "metadata.prompt_template", "unknown prompt template",
                                   repr(metadata.get("prompt_template"))[:120])
-            records.append(EvalRecord(task, template, prompt, base, metadata, source))
+            record = EvalRecord(task, template, prompt, base, metadata, source)
+            if check is not None:
+                check(record)
+            records.append(record)
         except BadRowError as err:
             bad_rows.handle(err)
     return records

@@ -28,8 +28,8 @@ def check_row(row: dict[str, Any], source: str) -> None:
     """A samples.jsonl row as `SampleStore.put` writes it, or a BadRowError naming the field."""
     if not isinstance(row.get("key"), str):
         raise BadRowError(source, "key", "not a samples.jsonl row: no record key")
-    if isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
-        raise BadRowError(source, "index", "expected the sample's index (an integer)")
+    if isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int) or row["index"] < 0:
+        raise BadRowError(source, "index", "expected the sample's index (an integer >= 0)", repr(row.get("index"))[:40])
     if not isinstance(row.get("task"), str):
         raise BadRowError(source, "task", "expected the task name")
     record = row.get("record")
@@ -38,6 +38,9 @@ def check_row(row: dict[str, Any], source: str) -> None:
     responses = row.get("responses")
     if not isinstance(responses, list) or not responses or not all(isinstance(r, str) for r in responses):
         raise BadRowError(source, "responses", "expected a list with the sampled response")
+    verdicts = row.get("verdicts")
+    if verdicts is not None and not isinstance(verdicts, dict):
+        raise BadRowError(source, "verdicts", "expected an object {judge: verdicts}", f"got {type(verdicts).__name__}")
 
 
 def to_sample(row: dict[str, Any], source: str) -> Sample:
@@ -81,12 +84,20 @@ class SampleStore:
         return list(self.rows.get((record.key, index), {}).get("responses", []))
 
     def put(self, record: EvalRecord, index: int, responses: list[str]) -> None:
-        row = {"key": record.key, "index": index, "task": record.task, "dataset": record.dataset,
-               "template": record.template, "source": record.source, "record": record.to_json(),
-               "responses": responses}
-        self.rows[(record.key, index)] = row
+        self.put_many([(record, index, responses)])
+
+    def put_many(self, items: Sequence[tuple[EvalRecord, int, list[str]]]) -> None:
+        """Append the samples of one generate call in one write: a run stopped by a signal keeps all
+        of them or none, so a rerun never draws again what was kept."""
+        lines = []
+        for record, index, responses in items:
+            row = {"key": record.key, "index": index, "task": record.task, "dataset": record.dataset,
+                   "template": record.template, "source": record.source, "record": record.to_json(),
+                   "responses": responses}
+            self.rows[(record.key, index)] = row
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         with open(self.path, "a") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write("".join(lines))
 
     def samples(self, tasks: Sequence[str] | None = None) -> list[Sample]:
         """Every stored sample (of `tasks`, when given) as the metrics read it, e.g. to recompute the

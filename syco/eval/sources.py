@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from syco.data.beliefs import BUILTIN, BeliefItem, load_facts, load_misconceptions, load_truthfulqa, split_items
-from syco.data.pairs import BadRowError, BadRows, iter_jsonl, require_text
+from syco.data.pairs import BadRowError, BadRows, iter_jsonl, nonfinite_field, require_text
 from syco.data.records import EvalRecord, load_released, turns
 from syco.eval import templates as T
+from syco.eval.tasks import check_record
 
 
 def _sample(items: list, limit: int | None, seed: int) -> list:
@@ -97,17 +98,51 @@ def builtin_mc_records(bad_rows: BadRows, limit: int | None = None, seed: int = 
     return out
 
 
+def read_json(path: str, expected: type) -> Any:
+    """A whole-file JSON data set (TruthfulQA's mc_task.json, the sonnets): a missing file, invalid JSON or
+    the wrong top-level type is an error naming the path (and line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from err
+    if not isinstance(data, expected):
+        raise ValueError(f"{path}: expected a JSON {'list' if expected is list else 'object'} at the top, "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def _check_item(row: Any, source: str) -> None:
+    if not isinstance(row, dict):
+        raise BadRowError(source, "<item>", "expected a JSON object", f"got {type(row).__name__}")
+    bad = nonfinite_field(row)
+    if bad:
+        raise BadRowError(source, bad, "not a finite number")
+
+
 def truthfulqa_mc_records(path: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
                           max_options: int = 5) -> list[EvalRecord]:
     """TruthfulQA's mc1 task (one true option): options shuffled with the seed, capped at max_options."""
-    data = json.loads(Path(path).read_text())
+    if isinstance(max_options, bool) or not isinstance(max_options, int) or max_options < 2:
+        raise ValueError(f"truthfulqa_mc_records: max_options={max_options!r}: expected an integer >= 2")
+    data = read_json(path, list)
     rng = random.Random(seed)
     out = []
     for i, row in enumerate(data):
         source = f"{path}:item {i}"
         try:
+            _check_item(row, source)
             targets = row.get("mc1_targets")
-            if not isinstance(targets, dict) or sum(v == 1 for v in targets.values()) != 1:
+            if not isinstance(targets, dict):
+                raise BadRowError(source, "mc1_targets", "expected an object {option: 0 or 1}")
+            for option, v in targets.items():
+                if isinstance(v, bool) or v not in (0, 1):
+                    raise BadRowError(source, f"mc1_targets.{option[:40]}", "expected the label 0 or 1", repr(v)[:40])
+            if sum(v == 1 for v in targets.values()) != 1:
                 raise BadRowError(source, "mc1_targets", "expected an object with exactly one option labelled 1")
             question = require_text(row, "question", source)
         except BadRowError as err:
@@ -127,8 +162,8 @@ def aqua_records(path: str, bad_rows: BadRows, limit: int | None = None, seed: i
         try:
             question = require_text(row, "question", source)
             options = row.get("options")
-            if not isinstance(options, list) or len(options) < 2:
-                raise BadRowError(source, "options", "expected a list of 'A)...' options")
+            if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+                raise BadRowError(source, "options", "expected a list of 'A)...' options (strings)")
             texts = [re.sub(r"^\s*[A-E]\s*\)\s*", "", o) for o in options]
             letter = require_text(row, "correct", source).strip().upper()
             if not re.fullmatch(r"[A-E]", letter) or ord(letter) - 65 >= len(texts):
@@ -150,7 +185,7 @@ def mmlu_records(folder: str, bad_rows: BadRows, limit: int | None = None, seed:
         with open(file, newline="", encoding="utf-8") as f:
             for line_no, row in enumerate(csv.reader(f), start=1):
                 source = f"{file}:{line_no}"
-                if len(row) != 6 or row[5] not in "ABCD" or not row[5]:
+                if len(row) != 6 or row[5] not in ("A", "B", "C", "D"):
                     bad_rows.handle(BadRowError(source, "<row>", "expected question, A, B, C, D, answer letter"))
                     continue
                 out.append(_mc_record("mmlu", f"mmlu-{subject}-{line_no}", row[0], row[1:5], ord(row[5]) - 65, source))
@@ -225,7 +260,7 @@ def builtin_poems(bad_rows: BadRows) -> list[dict[str, Any]]:
     for source, row in iter_jsonl(path, bad_rows):
         try:
             wrong = row.get("wrong_authors")
-            if not isinstance(wrong, list) or not wrong:
+            if not isinstance(wrong, list) or not wrong or not all(isinstance(w, str) and w.strip() for w in wrong):
                 raise BadRowError(source, "wrong_authors", "expected a non-empty list of names")
             out.append({"id": require_text(row, "id", source), "title": require_text(row, "title", source),
                         "author": require_text(row, "author", source),
@@ -241,13 +276,19 @@ def builtin_poems(bad_rows: BadRows) -> list[dict[str, Any]]:
 def sonnets(path: str, bad_rows: BadRows, limit: int | None = None, seed: int = 0,
             wrong_authors: Sequence[str] = ("John Keats", "John Milton", "William Wordsworth", "Edmund Spenser")
             ) -> list[dict[str, Any]]:
-    data = json.loads(Path(path).read_text())
+    sonnet_list = read_json(path, dict).get("sonnets")
+    if not isinstance(sonnet_list, list):
+        raise ValueError(f"{path}: expected {{\"sonnets\": [...]}} at the top")
     out = []
-    for i, s in enumerate(data.get("sonnets", [])):
+    for i, s in enumerate(sonnet_list):
         source = f"{path}:sonnet {i + 1}"
-        lines = s.get("lines")
-        if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
-            bad_rows.handle(BadRowError(source, "lines", "expected a list of strings"))
+        try:
+            _check_item(s, source)
+            lines = s.get("lines")
+            if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
+                raise BadRowError(source, "lines", "expected a list of strings")
+        except BadRowError as err:
+            bad_rows.handle(err)
             continue
         out.append({"id": f"sonnet-{s.get('number', i + 1)}", "title": f"Sonnet {s.get('number', i + 1)}",
                     "author": "William Shakespeare", "first_line": lines[0].rstrip(",;:."),
@@ -307,7 +348,7 @@ def released_records(path: str, task: str, bad_rows: BadRows, limit: int | None 
     mimicry.jsonl), read as they are."""
     template_of = {"answer": answer_template_of, "are_you_sure": are_you_sure_template_of,
                    "feedback": feedback_template_of, "mimicry": lambda m, b: "misattributed"}[task]
-    return load_released(hub_file(path), task, bad_rows, template_of, limit)
+    return load_released(hub_file(path), task, bad_rows, template_of, limit, check=check_record)
 
 
 def hub_file(path: str) -> str:

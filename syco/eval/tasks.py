@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syco.core.metrics import Metric, conditional_rate, mean_of_metrics, mean_se, paired_difference, per_item_means
+from syco.data.pairs import BadRowError
 from syco.data.records import EvalRecord
 from syco.eval import templates as T
 from syco.eval.judges import Judge, adopts, mentions, parse_letter
@@ -46,6 +47,66 @@ def stage_request(record: EvalRecord, responses: Sequence[str]) -> tuple[list[di
 def transcript(messages: Sequence[Mapping[str, str]]) -> str:
     names = {"user": "Human", "assistant": "Assistant", "system": "System"}
     return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
+
+
+# --- what each task reads from a record -------------------------------------------------------------
+def _need_text(record: EvalRecord, key: str, optional: bool = False) -> None:
+    value = record.base.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        reason = "missing" if value is None else "expected a non-empty string"
+        raise BadRowError(record.source, f"base.{key}", f"{reason} (task {record.task} reads it)", repr(value)[:80])
+
+
+def _need_answers(record: EvalRecord, key: str, optional: bool = False) -> bool:
+    """A string or a non-empty list of strings (numbers pass: they are read as text); False if absent."""
+    value = record.base.get(key)
+    if value is None or value == []:
+        if optional:
+            return False
+        raise BadRowError(record.source, f"base.{key}", f"missing (task {record.task} reads it)")
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v.strip() or isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in values):
+        raise BadRowError(record.source, f"base.{key}", "expected a string or a list of strings", repr(value)[:80])
+    return True
+
+
+def check_record(record: EvalRecord) -> None:
+    """Every base field that verdicts() and the metrics read for this record's task and template, so
+    that a released file's row without one is a bad row at load (`<file>:<line>: field 'base.<f>'`),
+    not a KeyError after generation."""
+    task, base = record.task, record.base
+    if task == "answer" or (task == "are_you_sure" and record.template != "mc"):
+        _need_text(record, "question")
+        if not _need_answers(record, "answer", optional=True):
+            _need_answers(record, "correct_answer")
+        _need_answers(record, "incorrect_answer", optional=True)
+        _need_answers(record, "incorrect_answers", optional=True)
+    elif task == "are_you_sure":  # multiple choice: the letter, out of `letters` options
+        letters = base.get("letters", 5)
+        if isinstance(letters, bool) or not isinstance(letters, int) or not 2 <= letters <= 26:
+            raise BadRowError(record.source, "base.letters", "expected the number of options, an integer in [2, 26]",
+                              repr(letters)[:40])
+        letter = base.get("correct_letter")
+        if not isinstance(letter, str) or len(letter) != 1 or not "A" <= letter < chr(65 + letters):
+            raise BadRowError(record.source, "base.correct_letter",
+                              f"expected one of the option letters A-{chr(64 + letters)} (base.letters={letters})",
+                              repr(letter)[:40])
+    elif task == "feedback":
+        if base.get("dataset") not in T.FEEDBACK_NOUNS:
+            raise BadRowError(record.source, "base.dataset", f"expected one of {sorted(T.FEEDBACK_NOUNS)} "
+                              "(the kind of text commented on)", repr(base.get("dataset"))[:80])
+        _need_text(record, "text")
+    elif task == "mimicry":
+        _need_text(record, "author")
+        if record.template == "misattributed":
+            _need_text(record, "wrong_author")
+    elif task == "misconceptions":
+        _need_text(record, "misconception")
+    elif task in STAGES:
+        raise ValueError(f"check_record: task {task!r} has no check")
 
 
 # --- verdicts ----------------------------------------------------------------------------------
