@@ -32,6 +32,7 @@ from syco.lifecycle import (
     run_status,
 )
 from syco.pm.module import PreferenceModelModule
+from syco.pm.training import run as run_pm_task
 from syco.ppo.training import run as run_ppo_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +223,7 @@ def ppo_final(run_dir: Path) -> tuple[dict, bytes]:
     return {k: m[k] for k in ("ppo_steps", "global_step", "last_step", "metrics")}, weights
 
 
-def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_path, pm_path):
+def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_path, pm_path):  # noqa: F811
     straight = ppo_cfg(tmp_path / "a", pm_path, "ppo.total_steps=3")
     run_ppo_task(straight)
     stopped = ppo_cfg(tmp_path / "b", pm_path, "ppo.total_steps=3", STOP, f"+callbacks.stop.plan=[[2,{int(signal.SIGTERM)}]]")
@@ -235,3 +236,60 @@ def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_
     run_ppo_task(ppo_cfg(tmp_path / "b", pm_path, "ppo.total_steps=3", "ckpt_path=last"))
     assert read_status(run_b)["status"] == "finished"
     assert ppo_final(run_b) == ppo_final(Path(straight.run_dir))
+
+
+def test_a_pm_run_that_took_no_step_exports_nothing(compose_train, tmp_path):
+    """Values that pass the start-up checks but train nothing (here no batch of the epoch is used)
+    fail the run: no pm/ folder that would read as a trained PM, and status.json says failed."""
+    cfg = compose_train(*TINY_PM[:6], "logger=none", "+trainer.limit_train_batches=0")
+    with pytest.raises(RuntimeError, match="took no optimizer step"):
+        run_pm_task(cfg)
+    run = Path(cfg.run_dir)
+    assert not (run / "pm").exists() and not (run / "metrics.json").exists()
+    assert read_status(run)["status"] == "failed"
+
+
+# evaluate.py: eval and best-of-n -----------------------------------------------------------------------
+EVAL_SMALL = ["policy=tiny", "eval.generation.max_new_tokens=6", "eval.generation.max_new_tokens_texts=6",
+              "eval.generation.batch_size=2", "eval.feedback.sources.builtin.arguments=2",
+              "eval.feedback.sources.builtin.poems=1", "eval.are_you_sure.sources.builtin_mc.limit=2",
+              "eval.are_you_sure.sources.builtin_free.limit=2", "eval.answer.sources.builtin.limit=2",
+              "eval.mimicry.sources.builtin.limit=2", "eval.misconceptions.sources.builtin.limit=2", "logger=none"]
+
+
+def evaluate_killed(run_dir: Path, *overrides: str, kill_after: int = 0) -> tuple[subprocess.CompletedProcess, int]:
+    """evaluate.py through tests/kill_after.py: (the process, samples it generated and stored)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
+    env.update(OMP_NUM_THREADS="1", KILL_AFTER_WRITES=str(kill_after), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_after.py"), f"hydra.run.dir={run_dir}", *overrides],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+    written = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SAMPLES_WRITTEN")]
+    return proc, written[-1] if written else -1
+
+
+def samples_of(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    return {(r["key"], r["index"]): r["responses"] for r in rows}
+
+
+@pytest.mark.parametrize("method", ["eval", "bon"])
+def test_evaluate_sigterm_exits_143_and_the_rerun_draws_only_what_was_missing(tmp_path, method):
+    overrides = list(EVAL_SMALL)
+    if method == "bon":
+        overrides += ["method=bon", "bon.k=4", "bon.bootstrap_rounds=50", "eval.probe.limit=2",
+                      "eval.probe.max_new_tokens=6"]
+    straight, total = evaluate_killed(tmp_path / "straight", *overrides)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    result = "results.json"
+    stopped, first = evaluate_killed(tmp_path / "run", *overrides, kill_after=3)
+    run = tmp_path / "run"
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-3000:]
+    assert read_status(run)["status"] == "interrupted" and not (run / result).exists()
+    assert 0 < first < total
+    again, second = evaluate_killed(run, *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert first + second == total  # no stored sample drawn again
+    assert samples_of(run) == samples_of(tmp_path / "straight")
+    a, b = (json.loads((d / result).read_text()) for d in (tmp_path / "straight", run))
+    assert a["results"] == b["results"]
+    assert read_status(run)["status"] == "finished"

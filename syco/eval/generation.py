@@ -84,17 +84,20 @@ def cached_judge(name: str, judge_cfg: Any, run_dir: Path) -> CachedJudge:
 def generate(records: list[EvalRecord], stages: int, policy: Policy, store: SampleStore, gen: Mapping[str, Any],
              desc: str, chunk: int = 64) -> None:
     """Generate every missing turn of every sample, stage by stage, storing each chunk as it is done.
-    A record with none of its samples yet gets them in one call (the n samples share one prefill).
+    A record gets its n samples in one call (the n samples share one prefill).
     A chunk holds at least one generate batch: with large pools (K=64) on a GPU, prompts per call
-    would otherwise fall to one."""
+    would otherwise fall to one.
+
+    Resumable exactly: chunks and their seeds are laid out over every sample, done or not, so a rerun
+    of a stopped run draws each missing sample as the uninterrupted run would have; a call whose
+    samples are all stored is skipped (its samples are written together, see SampleStore.put_many)."""
     n = int(gen.get("samples_per_prompt", 1))
     chunk = max(chunk, int(gen.get("batch_size", 16)))
     for stage in range(stages):
         units: dict[float, list[tuple[EvalRecord, list[int]]]] = {}
         for r in records:
-            todo = [i for i in range(n) if len(store.responses(r, i)) == stage]
-            groups = [todo] if stage == 0 and len(todo) == n > 1 else [[i] for i in todo]
-            units.setdefault(temperature(r, gen), []).extend((r, g) for g in groups if g)
+            groups = [list(range(n))] if stage == 0 and n > 1 else [[i] for i in range(n)]
+            units.setdefault(temperature(r, gen), []).extend((r, g) for g in groups)
         for temp, items in units.items():
             start = 0
             while start < len(items):  # stored chunk by chunk: a crash loses little
@@ -105,6 +108,8 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
                     start += 1
                 for draws in sorted({len(g) for _, g in part}):
                     calls = [(r, g) for r, g in part if len(g) == draws]
+                    if all(len(store.responses(r, i)) > stage for r, g in calls for i in g):
+                        continue  # stored by an earlier run
                     outs = policy.generate([stage_request(r, store.responses(r, g[0])) for r, g in calls],
                                            temperature=temp, max_new_tokens=int(gen["max_new_tokens"]), n=draws,
                                            batch_size=int(gen.get("batch_size", 16)),
@@ -112,9 +117,9 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
                                            stop_strings=["\n"] if gen.get("stop_at_newline") else None,
                                            seed=int(gen.get("seed", 0)) + stage * 7919 + start * 31 + draws,
                                            desc=f"{desc} (turn {stage + 1}/{stages})")
-                    for (r, g), out in zip(calls, outs):
-                        for i, text in zip(g, out):
-                            store.put(r, i, store.responses(r, i) + [text])
+                    store.put_many([(r, i, store.responses(r, i) + [text])
+                                    for (r, g), out in zip(calls, outs) for i, text in zip(g, out)
+                                    if len(store.responses(r, i)) == stage])
 
 
 def _call(builder: Any, **context: Any) -> Any:
