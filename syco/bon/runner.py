@@ -88,9 +88,12 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     p = plan(cfg)
+    loggers = build_loggers(cfg)  # a tracker that cannot start fails before any generation
     pools = build_pools(cfg, p.k, run_dir)
     generation_s = time.time() - start
-    judge_pools(pools, cached_judge(p.judge, cfg.eval.judges[p.judge], run_dir))
+    judge = cached_judge(p.judge, cfg.eval.judges[p.judge], run_dir)
+    judge_pools(pools, judge)
+    judge.check_errors(final=True)  # too many failed judgements: stop before scoring on them
     scores = score_selectors(p, pools, run_dir, cfg.cache_dir, int(cfg.bon.get("score_batch_size", 16)))
     results, expected = estimates(p, pools, scores)
     differences, rises = paired_changes(p, pools, expected, scores)
@@ -119,7 +122,7 @@ def run_bon(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(run_dir / "results.json", summary)
     plots = plot_results(summary, run_dir / "plots")
     table = selection_table(pools, scores, p.grid, p.seed, cfg.bon.get("table_n"))
-    send(build_loggers(cfg), report(summary, plots, table))
+    send(loggers, report(summary, plots, table))
     log_summary(summary)
     return summary
 

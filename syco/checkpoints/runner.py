@@ -29,6 +29,7 @@ from syco.checkpoints.pm_scores import checkpoint_pm_scores, pm_specs
 from syco.checkpoints.report import log_summary, plot_checkpoints, report
 from syco.data.samples import judged_by_task
 from syco.eval.runner import run as evaluate_policy
+from syco.models.backbone import folder_model_config
 from syco.ppo.model import BASE_KEYS, META_FILE
 from syco.tracking import build_loggers, send, write_json_atomic
 
@@ -103,7 +104,10 @@ def model_config(cfg: DictConfig, ckpt: Checkpoint) -> dict[str, Any]:
     if mode == "run":
         if not saved:
             raise KeyError(f"{ckpt.adapter} ({META_FILE}) has no 'model': use checkpoints.model=policy")
-        return dict(saved)
+        # the step folder's own trust_remote_code is ignored: only this run's config turns code on
+        return folder_model_config(saved, f"PPO step folder {ckpt.adapter}",
+                                   trust_remote_code=bool(cfg.checkpoints.get("trust_remote_code", False)),
+                                   trust_key="checkpoints.trust_remote_code")
     policy = OmegaConf.to_container(cfg.policy, resolve=True)
     policy.pop("adapter", None)
     differ = [k for k in BASE_KEYS if saved and policy.get(k) != saved.get(k)]
@@ -276,6 +280,7 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     and KL, the paired rises from the first step, this run against another, and PM scores."""
     start = time.time()
     inputs = read_inputs(cfg)
+    loggers = build_loggers(cfg)  # a tracker that cannot start fails before any evaluation
     summaries = {c.step: evaluate_step(cfg, c, inputs.folder(c.step)) for c in inputs.checkpoints}
     judge, judges = choose_judge(cfg.checkpoints, summaries[inputs.checkpoints[-1].step])
     summary = {
@@ -290,7 +295,7 @@ def run_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     _check_bon_policy(inputs.bon, inputs.checkpoints[0], judge)
     write_json_atomic(inputs.out / "checkpoints.json", summary)
     plots = plot_checkpoints(summary, inputs.out / "plots", bon=inputs.bon, overlays=inputs.overlays)
-    send(build_loggers(cfg), report(summary, plots, inputs.bon))
+    send(loggers, report(summary, plots, inputs.bon))
     log_summary(summary)
     log.info("wrote %s and %d plots in %s", inputs.out / "checkpoints.json", len(plots), inputs.out / "plots")
     return summary

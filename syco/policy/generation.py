@@ -12,6 +12,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from syco.data.chat import ChatFormatter, Message
 from syco.models.backbone import load_causal_lm, load_tokenizer
+from syco.models.lora import check_adapter_folder
 
 Request = tuple[Sequence[Message], str | None]  # chat messages, assistant prefill
 
@@ -29,14 +30,14 @@ class Policy:
     def __init__(self, model_cfg: Mapping[str, Any], adapter: str | Path | None = None,
                  cache_dir: Path | None = None, device: str | torch.device | None = None):
         self.model_cfg = dict(model_cfg)
+        if adapter:  # a LoRA adapter folder, checked before any model loads
+            check_adapter_folder(adapter, "policy.adapter")
         self.tokenizer = load_tokenizer(model_cfg, cache_dir)
         self.tokenizer.padding_side = "left"  # generation continues from the right edge
         lm = load_causal_lm(model_cfg, cache_dir)
         if adapter:
             from peft import PeftModel
 
-            if not (Path(adapter) / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"policy adapter {adapter} has no adapter_config.json")
             # merged: generation then runs at the base model's speed
             lm = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -85,6 +85,7 @@ class PPOConfig:
     pm: str | None = None  # the exported PM optimized against (task=ppo: required; task=rlhf: the PM it trained)
     gold_pm: str | None = None  # the other PM, scored beside the optimized one on the eval prompts
     pm_on_policy_base: str = "auto"  # auto | true | false: load PMs as adapters of the policy's base
+    trust_remote_code: bool = False  # a PM loaded as a model of its own may run its base model's code
     lora: dict[str, Any] = field(default_factory=dict)  # overrides of model.lora for policy and value
     value_head_std: float | None = None  # None: 1 / sqrt(hidden + 1)
     checkpoint_every: int = 10  # PPO steps between Lightning checkpoints (last.ckpt)

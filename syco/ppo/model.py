@@ -27,7 +27,7 @@ from syco.models.backbone import load_causal_lm, load_tokenizer, refusing_remote
 from syco.models.lora import REWARD_HEAD, attach_reward_head, check_adapter_folder, lora_config
 from syco.pm.model import PreferenceModel, from_meta, read_meta
 from syco.policy.generation import stop_token_ids
-from syco.tracking import publish_dir
+from syco.tracking import naming_full_disk, publish_dir
 
 POLICY, VALUE, REFERENCE = "policy", "value", "reference"
 META_FILE = "syco_ppo.json"
@@ -188,14 +188,14 @@ class ActorCritic(torch.nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
         try:
-            self.peft.save_pretrained(str(tmp), selected_adapters=[POLICY])
-            folder = tmp / POLICY  # peft writes a non-default adapter into a sub-folder
-            if not (folder / "adapter_config.json").is_file():
-                folder = tmp
-            (folder / META_FILE).write_text(json.dumps({"model": self.model_cfg, **(meta or {})}, indent=2,
-                                                       default=str))
-            folder.chmod(0o755)
-            publish_dir(folder, path)
+            with naming_full_disk(path):
+                self.peft.save_pretrained(str(tmp), selected_adapters=[POLICY])
+                folder = tmp / POLICY  # peft writes a non-default adapter into a sub-folder
+                if not (folder / "adapter_config.json").is_file():
+                    folder = tmp
+                (folder / META_FILE).write_text(json.dumps({"model": self.model_cfg, **(meta or {})}, indent=2,
+                                                           default=str))
+                publish_dir(folder, path)  # gives the folder the usual permissions
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return path

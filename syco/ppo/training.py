@@ -43,15 +43,17 @@ class Steps(IterableDataset):
             i += 1
 
 
-def load_pm(ac: ActorCritic, path: str | Path, name: str, share: str, cache_dir: Any = None) -> Any:
+def load_pm(ac: ActorCritic, path: str | Path, name: str, share: str, cache_dir: Any = None,
+            trust_remote_code: bool = False) -> Any:
     """The PM at `path`: an adapter on the policy's base when it was trained on that base
-    (`share` auto|true), else a model of its own."""
+    (`share` auto|true), else a model of its own (running its base model's code only when
+    ppo.trust_remote_code says so: the folder's own setting is ignored)."""
     share = str(share).lower()
     if share == "true" or (share == "auto" and ac.shares_base(path)):
         log.info("PM %s: adapter %r on the policy's base model", path, name)
         return ac.attach_pm(path, name)
     log.info("PM %s: loaded as a separate model", path)
-    return load(path, cache_dir=cache_dir)
+    return load(path, cache_dir=cache_dir, trust_remote_code=bool(trust_remote_code), trust_key="ppo.trust_remote_code")
 
 
 def build(cfg: DictConfig) -> tuple[PPOModule, PPOConfig]:
@@ -64,8 +66,9 @@ def build(cfg: DictConfig) -> tuple[PPOModule, PPOConfig]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     ac = ActorCritic.create(model_cfg, ppo.lora, ppo.init_adapter, seed=int(cfg.seed), cache_dir=cfg.cache_dir,
                             value_head_std=ppo.value_head_std)
-    pm = load_pm(ac, pm_path, "pm", ppo.pm_on_policy_base, cfg.cache_dir)
-    gold = load_pm(ac, ppo.gold_pm, "gold_pm", ppo.pm_on_policy_base, cfg.cache_dir) if ppo.gold_pm else None
+    pm = load_pm(ac, pm_path, "pm", ppo.pm_on_policy_base, cfg.cache_dir, ppo.trust_remote_code)
+    gold = (load_pm(ac, ppo.gold_pm, "gold_pm", ppo.pm_on_policy_base, cfg.cache_dir, ppo.trust_remote_code)
+            if ppo.gold_pm else None)
     prompts = instantiate(cfg.ppo.prompts)
     eval_prompts = instantiate(cfg.ppo.eval_prompts)
     info = {"pm": str(pm_path), "gold_pm": ppo.gold_pm, "init_adapter": ppo.init_adapter, "seed": int(cfg.seed)}
