@@ -21,8 +21,10 @@ from syco.lifecycle import run_status
 def main(cfg: DictConfig) -> None:
     check_eval_config(cfg)  # values that cannot run fail here, naming the key, before any model or data is loaded
     logging.getLogger(__name__).info("method=%s run_dir=%s", cfg.method.name, cfg.run_dir)
-    # status.json says how far it got; SIGTERM stops it at a sample boundary with exit status 143
-    with run_status(cfg.run_dir, f"evaluate.py method={cfg.method.name}", signals=True):
+    # status.json says how far it got; SIGTERM (or SLURM's pre-timeout signal, which also requeues the
+    # job) stops it at a sample boundary with exit status 143
+    with run_status(cfg.run_dir, f"evaluate.py method={cfg.method.name}", signals=True, resume="",
+                    slurm_requeue=True):
         get_method(cfg.method.entry)(cfg)
 
 

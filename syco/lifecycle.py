@@ -22,6 +22,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 import zipfile
@@ -83,15 +84,19 @@ def _rank_zero() -> bool:
 
 
 @contextmanager
-def run_status(run_dir: str | Path, what: str, signals: bool = False) -> Iterator[None]:
+def run_status(run_dir: str | Path, what: str, signals: bool = False, resume: str = "ckpt_path=last",
+               slurm_requeue: bool = False) -> Iterator[None]:
     """Keep `<run_dir>/status.json` true while the body runs: `running`, then `finished`, `failed`
-    (with the error) or `interrupted` (with how to resume). A SIGTERM inside the body (Lightning's
-    SIGTERMException after its step, or `Preempted`) exits with status 143 rather than 0.
+    (with the error) or `interrupted` (with how to resume: the same command with the run folder and
+    `resume`). A SIGTERM inside the body exits with status 143 rather than 0.
 
-    `signals=True` (runs without a Lightning trainer): SIGTERM raises `Preempted` at the next Python
-    instruction, so files being appended stay whole and the rerun resumes from them."""
+    `signals=True`: SIGTERM outside a Lightning fit raises `Preempted` at the next Python instruction
+    (files being appended stay whole, the rerun resumes from them); inside a fit Lightning's handler
+    lets the step finish and SaveOnPreemption saves. `slurm_requeue=True` (runs with no Lightning fit,
+    whose auto-requeue would otherwise handle it): under SLURM the pre-timeout signal (SIGUSR1) requeues
+    the job with `scontrol requeue` and stops the run the same way."""
     run_dir = Path(run_dir)
-    previous = None
+    previous: dict[int, Any] = {}
     if signals:
         def stop(signum: int, _frame: Any) -> None:
             # inside trainer.fit Lightning's own handler has noted the signal: the step in progress
@@ -99,17 +104,23 @@ def run_status(run_dir: str | Path, what: str, signals: bool = False) -> Iterato
             if not _FITTING:
                 raise Preempted(f"stopped by signal {signal.Signals(signum).name}")
 
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, stop)
+        if slurm_requeue and os.environ.get("SLURM_JOB_ID"):
+            def requeue(signum: int, _frame: Any) -> None:
+                raise Preempted(f"SLURM pre-timeout signal: {requeue_slurm_job()}")
+
+            previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, requeue)
     if _rank_zero():
         write_status(run_dir, "running", what=what)
     try:
         yield
     except (SIGTERMException, Preempted) as err:
+        reason = getattr(err, "message", "stopped by SIGTERM")
         if _rank_zero():
-            write_status(run_dir, "interrupted", what=what, reason=getattr(err, "message", "SIGTERM"),
-                         resume=f"rerun the same command with hydra.run.dir={run_dir} ckpt_path=last")
-        log.error("%s: stopped by SIGTERM; state saved in %s (status.json says how to resume)", what, run_dir)
-        raise Preempted() from None
+            write_status(run_dir, "interrupted", what=what, reason=reason,
+                         resume=f"rerun the same command with hydra.run.dir={run_dir} {resume}".strip())
+        log.error("%s: %s; what it finished is saved in %s (status.json says how to resume)", what, reason, run_dir)
+        raise Preempted(reason) from None
     except BaseException as err:
         if _rank_zero():
             write_status(run_dir, "failed", what=what, error=f"{type(err).__name__}: {err}"[:2000])
@@ -118,8 +129,24 @@ def run_status(run_dir: str | Path, what: str, signals: bool = False) -> Iterato
         if _rank_zero():
             write_status(run_dir, "finished", what=what)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def requeue_slurm_job() -> str:
+    """`scontrol requeue` this SLURM job (array task included); says what happened."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not re.fullmatch(r"[0-9_]+", job):
+        return f"not requeued (SLURM job id {job!r})"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"requeue of job {job} failed ({err})"
+    if done.returncode:
+        return f"requeue of job {job} failed ({done.stderr.strip()[:200] or done.returncode})"
+    return f"job {job} requeued"
 
 
 _FITTING: set[int] = set()  # ids of the SaveOnPreemption callbacks whose fit is running

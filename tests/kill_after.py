@@ -1,5 +1,5 @@
-"""Run `evaluate.py <args>` and stop it with a real SIGTERM after its n-th write of generated samples
-(`KILL_AFTER_WRITES=n`; 0 or unset: never). On exit it prints `SAMPLES_WRITTEN <count>`: how many
+"""Run `evaluate.py <args>` and send it a real signal (`KILL_SIGNAL`, default SIGTERM) after its n-th
+write of generated samples (`KILL_AFTER_WRITES=n`; 0 or unset: never). On exit it prints `SAMPLES_WRITTEN <count>`: how many
 samples this run generated and stored. The kill-and-resume tests run it as a subprocess."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def counting_put_many(self: SampleStore, items: list) -> None:
     counts["writes"] += 1
     counts["samples"] += len(items)
     if counts["writes"] == kill_after:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL") or "SIGTERM"))
 
 
 SampleStore.put_many = counting_put_many  # type: ignore[method-assign]

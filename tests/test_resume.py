@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import lightning as L
 import pytest
 import torch
 from signals import SignalAt
+from test_eval_checkpoints import SMALL as CKPT_SMALL
+from test_eval_checkpoints import fake_ppo_run
 from test_pm import make_pm
 from test_ppo import pm_path, ppo_cfg, tiny_model_cfg  # noqa: F401  (fixtures)
 
@@ -223,7 +226,7 @@ def ppo_final(run_dir: Path) -> tuple[dict, bytes]:
     return {k: m[k] for k in ("ppo_steps", "global_step", "last_step", "metrics")}, weights
 
 
-def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_path, pm_path):  # noqa: F811
+def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_path, pm_path, monkeypatch):  # noqa: F811
     straight = ppo_cfg(tmp_path / "a", pm_path, "ppo.total_steps=3")
     run_ppo_task(straight)
     stopped = ppo_cfg(tmp_path / "b", pm_path, "ppo.total_steps=3", STOP, f"+callbacks.stop.plan=[[2,{int(signal.SIGTERM)}]]")
@@ -236,6 +239,17 @@ def test_ppo_sigterm_between_steps_exits_143_and_resumes_to_the_same_policy(tmp_
     run_ppo_task(ppo_cfg(tmp_path / "b", pm_path, "ppo.total_steps=3", "ckpt_path=last"))
     assert read_status(run_b)["status"] == "finished"
     assert ppo_final(run_b) == ppo_final(Path(straight.run_dir))
+    # under SLURM: the pre-timeout signal after PPO step 1 (hpc_ckpt_1.ckpt), SIGTERM after step 2
+    for k, v in SLURM_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", str(fake_scontrol(tmp_path / "bin")))
+    plan = f"+callbacks.stop.plan=[[2,{int(signal.SIGUSR1)}],[4,{int(signal.SIGTERM)}]]"
+    with pytest.raises(SystemExit):
+        run_ppo_task(ppo_cfg(tmp_path / "c", pm_path, "ppo.total_steps=3", STOP, plan))
+    run_c = Path(tmp_path / "c" / "run")
+    assert (run_c / "hpc_ckpt_1.ckpt").is_file() and (tmp_path / "bin" / "calls").read_text().split() == ["requeue", "4242"]
+    run_ppo_task(ppo_cfg(tmp_path / "c", pm_path, "ppo.total_steps=3", "ckpt_path=last"))
+    assert ppo_final(run_c) == ppo_final(Path(straight.run_dir))
 
 
 def test_a_pm_run_that_took_no_step_exports_nothing(compose_train, tmp_path):
@@ -257,10 +271,11 @@ EVAL_SMALL = ["policy=tiny", "eval.generation.max_new_tokens=6", "eval.generatio
               "eval.mimicry.sources.builtin.limit=2", "eval.misconceptions.sources.builtin.limit=2", "logger=none"]
 
 
-def evaluate_killed(run_dir: Path, *overrides: str, kill_after: int = 0) -> tuple[subprocess.CompletedProcess, int]:
+def evaluate_killed(run_dir: Path, *overrides: str, kill_after: int = 0,
+                    env: dict | None = None) -> tuple[subprocess.CompletedProcess, int]:
     """evaluate.py through tests/kill_after.py: (the process, samples it generated and stored)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
-    env.update(OMP_NUM_THREADS="1", KILL_AFTER_WRITES=str(kill_after), PYTHONPATH=str(REPO))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
+    env = {**base, "OMP_NUM_THREADS": "1", "KILL_AFTER_WRITES": str(kill_after), "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_after.py"), f"hydra.run.dir={run_dir}", *overrides],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     written = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SAMPLES_WRITTEN")]
@@ -272,8 +287,23 @@ def samples_of(run_dir: Path) -> dict:
     return {(r["key"], r["index"]): r["responses"] for r in rows}
 
 
-@pytest.mark.parametrize("method", ["eval", "bon"])
+def fake_scontrol(folder: Path) -> Path:
+    """An `scontrol` that records its arguments (the requeue a SLURM job asks for) and succeeds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "scontrol"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / 'calls'}\n")
+    script.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("method", ["eval", "bon", "eval-slurm"])
 def test_evaluate_sigterm_exits_143_and_the_rerun_draws_only_what_was_missing(tmp_path, method):
+    """SIGTERM, or under SLURM the pre-timeout SIGUSR1 (which also requeues the job), stops evaluate.py
+    at a sample boundary; the rerun draws only the missing samples and ends as the uninterrupted run."""
+    env = None
+    if method == "eval-slurm":
+        bin_ = fake_scontrol(tmp_path / "bin")
+        env = {**SLURM_ENV, "KILL_SIGNAL": "SIGUSR1", "PATH": f"{bin_}:{os.environ['PATH']}"}
     overrides = list(EVAL_SMALL)
     if method == "bon":
         overrides += ["method=bon", "bon.k=4", "bon.bootstrap_rounds=50", "eval.probe.limit=2",
@@ -281,10 +311,13 @@ def test_evaluate_sigterm_exits_143_and_the_rerun_draws_only_what_was_missing(tm
     straight, total = evaluate_killed(tmp_path / "straight", *overrides)
     assert straight.returncode == 0, straight.stderr[-3000:]
     result = "results.json"
-    stopped, first = evaluate_killed(tmp_path / "run", *overrides, kill_after=3)
+    stopped, first = evaluate_killed(tmp_path / "run", *overrides, kill_after=3, env=env)
     run = tmp_path / "run"
     assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-3000:]
     assert read_status(run)["status"] == "interrupted" and not (run / result).exists()
+    if env:
+        assert (tmp_path / "bin" / "calls").read_text().split() == ["requeue", "4242"]
+        assert "job 4242 requeued" in read_status(run)["reason"]
     assert 0 < first < total
     again, second = evaluate_killed(run, *overrides)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -293,3 +326,26 @@ def test_evaluate_sigterm_exits_143_and_the_rerun_draws_only_what_was_missing(tm
     a, b = (json.loads((d / result).read_text()) for d in (tmp_path / "straight", run))
     assert a["results"] == b["results"]
     assert read_status(run)["status"] == "finished"
+
+
+def test_evaluate_checkpoints_sigterm_mid_step_resumes_to_the_same_curves(tmp_path):
+    """method=checkpoints stopped while evaluating a step: the rerun keeps the finished samples and
+    ends with the samples and checkpoints.json of the uninterrupted run."""
+    runs = {"straight": fake_ppo_run(tmp_path / "straight")}
+    runs["stopped"] = tmp_path / "stopped" / "ppo_run"
+    shutil.copytree(runs["straight"], runs["stopped"])
+    over = [*CKPT_SMALL, "policy=tiny", "logger=none"]
+    straight, total = evaluate_killed(tmp_path / "h1", *over, f"checkpoints.run={runs['straight']}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped, first = evaluate_killed(tmp_path / "h2", *over, f"checkpoints.run={runs['stopped']}", kill_after=3)
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-3000:]
+    assert read_status(tmp_path / "h2")["status"] == "interrupted"
+    out = {k: r / "evaluations" / "planted_bias" for k, r in runs.items()}
+    assert not (out["stopped"] / "checkpoints.json").exists() and 0 < first < total
+    again, second = evaluate_killed(tmp_path / "h2", *over, f"checkpoints.run={runs['stopped']}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert first + second == total
+    for step in ("step_0", "step_2"):
+        assert samples_of(out["stopped"] / step) == samples_of(out["straight"] / step)
+    a, b = (json.loads((o / "checkpoints.json").read_text()) for o in (out["straight"], out["stopped"]))
+    assert a["results"] == b["results"]
