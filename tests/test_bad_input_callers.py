@@ -3,8 +3,12 @@ run code or to load something other than a LoRA adapter; only the run's config k
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,10 @@ import syco.ppo.training as training
 from syco.checkpoints.runner import Checkpoint, model_config
 from syco.policy.generation import Policy
 from syco.ppo.config import PPOConfig
+from syco.ppo.model import ActorCritic
+from syco.tracking import DiskFullError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _tiny_model() -> dict:
@@ -72,3 +80,36 @@ def test_ppo_pm_trust_remote_code_comes_from_ppo_config(monkeypatch, tmp_path):
     training.load_pm(_SeparateBase(), tmp_path / "pm", "pm", "false", None, True)
     assert [kw["trust_remote_code"] for _, kw in calls] == [False, True]
     assert all(kw["trust_key"] == "ppo.trust_remote_code" for _, kw in calls)
+
+
+def test_best_of_n_whose_judge_fails_every_judgement_stops_keeping_the_pools(tmp_path):
+    """Best-of-n checks its judge's error rate when judging ends: a judge with no verdict at all
+    stops the run (non-zero exit, no results.json) and the generated pools stay for the rerun."""
+    run = tmp_path / "bon"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(REPO / "tests"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "evaluate.py", f"hydra.run.dir={run}", "method=bon", "policy=tiny",
+                           "bon.k=2", "eval.generation.max_new_tokens=4", "eval.answer.sources.builtin.limit=2",
+                           "eval.misconceptions.sources.builtin.limit=2", "eval.probe.limit=1",
+                           "eval.probe.max_new_tokens=4", "logger=none",
+                           "eval.judges.rules._target_=fake_judges.NoVerdictJudge"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    assert "judge 'rules'" in proc.stderr and "max_error_rate" in proc.stderr
+    assert not (run / "results.json").exists() and (run / "samples.jsonl").stat().st_size > 0
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_policy_save_on_a_full_disk_is_named_and_keeps_the_saved_step(tmp_path, monkeypatch):
+    ac = ActorCritic.create(_tiny_model(), seed=0)
+    saved = ac.save_policy(tmp_path / "policy" / "step_1", meta={"step": 1})
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ac.peft, "save_pretrained", no_space)
+    with pytest.raises(DiskFullError, match=str(tmp_path / "policy")):
+        ac.save_policy(saved, meta={"step": 2})
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
+    assert [p.name for p in (tmp_path / "policy").iterdir()] == ["step_1"]  # no half-written folder
