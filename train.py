@@ -15,7 +15,8 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from syco.core.config_checks import check_train_config
+from syco.core.config_checks import check_train_config, user_errors
+from syco.models.backbone import check_models_available
 
 
 def objective_value(result: Mapping[str, Any] | None, objective: str | None) -> float | None:
@@ -31,9 +32,12 @@ def objective_value(result: Mapping[str, Any] | None, objective: str | None) -> 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    check_train_config(cfg)  # values that cannot run fail here, naming the key, before any model or data is loaded
-    logging.getLogger(__name__).info("task=%s run_dir=%s", cfg.task.name, cfg.run_dir)
-    result = get_method(cfg.task.entry)(cfg)
+    # a config value that cannot run or a model that cannot load: one `error:` line, exit 1
+    with user_errors(cfg.run_dir):
+        check_train_config(cfg)  # values that cannot run fail here, naming the key, before any model or data is loaded
+        check_models_available(cfg, "train.py")  # and a model that is not there, before any data, logger or checkpoint
+        logging.getLogger(__name__).info("task=%s run_dir=%s", cfg.task.name, cfg.run_dir)
+        result = get_method(cfg.task.entry)(cfg)
     return objective_value(result, cfg.task.get("objective"))
 
 

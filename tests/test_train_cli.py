@@ -13,7 +13,7 @@ import pytest
 from test_policy_pairs import write_samples
 
 import syco.pm
-from syco.models.backbone import ModelUnavailableError, resolve_model_path
+from syco.models.backbone import ModelUnavailableError, check_available, resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -125,19 +125,92 @@ def test_bad_row_names_file_line_and_field_and_skip_counts_it(tmp_path):
     assert skipped == {"empty": 1, "not valid JSON": 1}
 
 
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """A user error: exit 1 and a single `error: ...` line on stderr, no traceback."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_gated_hub_model_offline_fails_at_start_in_one_line_leaving_no_run_folder(tmp_path):
+    """model=llama with the hub off and an empty HF cache: before any data, logger or checkpoint, one
+    line naming the key and what to do (licence + login, or a local folder); the run folder is gone."""
+    run = tmp_path / "llama"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "SYCO_SHARED_DATA": str(tmp_path / "none")}
+    line = one_error_line(train(run, "model=llama", "pm=nonsyco", "logger=csv", env=env, check=False))
+    assert "model.name_or_path=meta-llama/Llama-3.2-1B-Instruct" in line and "HF_HUB_OFFLINE=1" in line
+    assert "huggingface-cli login" in line and "licence" in line and "local model folder" in line
+    assert not run.exists()
+
+
 def test_unreachable_hub_model_fails_fast_naming_the_id(tmp_path, monkeypatch):
-    proc = train(tmp_path / "qwen", "model=qwen", env={"HF_HUB_OFFLINE": "1"}, check=False)
-    assert proc.returncode != 0
-    assert "Qwen/Qwen2.5-0.5B-Instruct" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+    proc = train(tmp_path / "qwen", "model=qwen", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+                 check=False)
+    line = one_error_line(proc)
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in line and "HF_HUB_OFFLINE=1" in line
 
     import huggingface_hub
 
     def refuse(*a, **k):
         raise ConnectionError("Name or service not known")
 
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "model_info", refuse)
-    with pytest.raises(ModelUnavailableError, match="'meta-llama/Llama-3.2-1B-Instruct' is not cached locally"):
+    with pytest.raises(ModelUnavailableError, match="model.name_or_path=meta-llama/Llama-3.2-1B-Instruct: not cached "
+                       "locally and the Hugging Face hub is unreachable .*huggingface-cli login"):
         resolve_model_path({"source": "pretrained", "name_or_path": "meta-llama/Llama-3.2-1B-Instruct"})
     with pytest.raises(ModelUnavailableError, match="does not exist"):
         resolve_model_path({"source": "pretrained", "name_or_path": str(tmp_path / "missing-model")})
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ModelUnavailableError, match="no config.json"):
+        check_available({"source": "pretrained", "name_or_path": str(tmp_path / "not-a-model")}, "policy")
+
+
+def test_gated_model_without_access_says_accept_the_licence_and_log_in(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*a, **k):
+        err = GatedRepoError.__new__(GatedRepoError)  # as the hub raises it, without an HTTP response to build
+        Exception.__init__(err, "Access to model meta-llama/Llama-3.2-1B-Instruct is restricted")
+        raise err
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "model_info", gated)
+    with pytest.raises(ModelUnavailableError, match=r"policy.name_or_path=meta-llama/Llama-3.2-1B-Instruct is a gated "
+                       r"model .*accept its licence .*huggingface-cli login") as err:
+        check_available({"source": "pretrained", "name_or_path": "meta-llama/Llama-3.2-1B-Instruct"}, "policy")
+    assert "\n" not in str(err.value) and err.value.__suppress_context__
+
+
+def test_start_up_check_passes_local_models_and_names_a_pm_base(tmp_path, monkeypatch):
+    """The embedded default and the tiny model pass the start-up check; a PPO PM whose base model is
+    not there is named by its key (ppo.pm), before anything loads."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    from syco.models.backbone import check_models_available
+
+    def plain(name: str, overrides: list[str]) -> dict:
+        cfg = compose_config(name, [f"cache_dir={os.environ.get('SYCO_CACHE', Path.home() / '.cache/syco')}",
+                                    *overrides])
+        return OmegaConf.to_container(cfg, resolve=False)
+
+    check_models_available(plain("train", ["model=tiny"]), "train.py")
+    check_models_available(plain("train", ["model=smollm2"]), "train.py")
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    (pm / "syco_pm.json").write_text(json.dumps({"model": {"source": "pretrained", "name_or_path": "org/absent-model"}}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelUnavailableError, match=r"ppo.pm=.*: the exported PM's base model .* model.name_or_path=org/absent-model: not in the local"):
+        check_models_available(plain("train", ["model=tiny", "task=ppo", f"ppo.pm={pm}"]), "train.py")
+    with pytest.raises(ModelUnavailableError, match=r"bon.pms.standard=.*: the exported PM's base model"):
+        check_models_available(plain("evaluate", ["method=bon", "policy=tiny", f"+bon.pms.standard={pm}"]), "evaluate.py")

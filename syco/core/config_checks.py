@@ -5,13 +5,21 @@ the chosen task or method reads, collect every problem and raise one ConfigError
 `<key>=<value>: <what is wrong>; <what to do>`. They flag only what cannot run (a key left `???`, a
 learning rate of 0, a batch of 0 rows, a training length of 0 steps or of forever, a fraction outside
 [0, 1)); legitimate settings, however unusual, pass. Pure: omegaconf only, no Lightning, no syco.
+
+`UserError` marks the errors a user fixes by changing the command (ConfigError here, the models'
+ModelUnavailableError): `user_errors(run_dir)` around an entry point's main prints them as one
+`error: ...` line on stderr and exits 1, without a traceback; any other exception keeps its own.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -38,7 +46,28 @@ _PLAIN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_.]*)\}$")  # ${a.b}: an interpol
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")  # every ${a.b} inside an interpolation
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user fixes by changing the command; its message says what to do (no traceback)."""
+
+
+@contextmanager
+def user_errors(run_dir: str | Path | None) -> Iterator[None]:
+    """Print a UserError as one `error: <message>` line on stderr and exit with status 1. Hydra has
+    made the run folder before main runs: when the run failed before writing anything of its own
+    (the folder holds only Hydra's .hydra/ and the job's .log), it is removed, so that a command that
+    could not start leaves no empty run folder behind to be mistaken for a run."""
+    try:
+        yield
+    except UserError as err:
+        folder = Path(run_dir) if run_dir else None
+        if folder is not None and folder.is_dir() and all(
+                (p.name == ".hydra" and p.is_dir()) or (p.suffix == ".log" and p.is_file()) for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class ConfigError(ValueError, UserError):
     """Every problem of one config, one per line (`problems` keeps them for callers and tests)."""
 
     def __init__(self, entry: str, problems: list[str]):

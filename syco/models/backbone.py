@@ -10,6 +10,7 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -21,15 +22,19 @@ from typing import Any
 
 import torch
 from filelock import FileLock
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from syco.core.config_checks import UserError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("gguf_package", "pretrained", "tiny")
+PM_META = "syco_pm.json"  # an exported PM folder's metadata (syco.pm.model.META_FILE): its base model config
+TRUE = ("1", "on", "yes", "true")
 
 
-class ModelUnavailableError(RuntimeError):
-    """The configured model cannot be found locally nor fetched."""
+class ModelUnavailableError(RuntimeError, UserError):
+    """The configured model cannot be found locally nor fetched (one line: what to set or do)."""
 
 
 class RemoteCodeRefusedError(ValueError):
@@ -134,31 +139,119 @@ def _gguf_cache_dir(cfg: Mapping[str, Any], cache_dir: Path) -> Path:
     return target
 
 
-def _check_pretrained(name_or_path: str, **kwargs: Any) -> None:
-    """Fail fast, naming the id, when a hub model is neither cached nor reachable."""
-    if Path(name_or_path).exists():
-        return
-    if os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")):
-        raise ModelUnavailableError(f"model folder {name_or_path!r} does not exist")
-    try:
-        AutoConfig.from_pretrained(name_or_path, local_files_only=True, **kwargs)
-        return
-    except OSError:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelUnavailableError(
-            f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
-        )
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cached(name: str, revision: str | None) -> bool:
+    """The hub model's config.json is in the local Hugging Face cache (HF_HOME / HF_HUB_CACHE)."""
     import huggingface_hub
 
     try:
-        huggingface_hub.model_info(name_or_path, timeout=10)
+        found = huggingface_hub.try_to_load_from_cache(name, "config.json", revision=revision or None)
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        return False
+    return isinstance(found, str)
+
+
+def _what_to_do(name: str, key: str) -> str:
+    return (f"download it where the hub is reachable (`huggingface-cli download {name}`; a gated model such as "
+            f"meta-llama/* needs its licence accepted on https://huggingface.co/{name} and `huggingface-cli login` "
+            f"first), or point {key} at a local model folder (e.g. model=local model.name_or_path=/path/to/folder)")
+
+
+def _check_pretrained(name_or_path: str, key: str = "model.name_or_path", revision: str | None = None,
+                      **_: Any) -> None:
+    """Fail fast, in one line naming `key` and what to do, when a model is neither a local folder, nor
+    in the Hugging Face cache, nor available from the hub (gated without access, unknown, unreachable)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(f"{key}={name_or_path}: the folder holds no config.json, so it is not a "
+                                        f"saved model (from save_pretrained); point {key} at a model folder")
+        return
+    if path.exists() or os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) \
+            or name_or_path.count("/") > 1:
+        raise ModelUnavailableError(f"{key}={name_or_path}: model folder does not exist; point {key} at a model "
+                                    f"folder, or give a hub id (e.g. {key}=HuggingFaceTB/SmolLM2-135M-Instruct)")
+    if _hub_cached(name_or_path, revision):
+        return
+    if hub_offline():
+        raise ModelUnavailableError(
+            f"{key}={name_or_path}: not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1): "
+            f"{_what_to_do(name_or_path, key)}")
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        info = huggingface_hub.model_info(name_or_path, revision=revision or None, timeout=10)
+        if getattr(info, "gated", False):
+            huggingface_hub.auth_check(name_or_path)
+    except GatedRepoError:
+        raise ModelUnavailableError(
+            f"{key}={name_or_path} is a gated model and this machine has no access to it: accept its licence on "
+            f"https://huggingface.co/{name_or_path}, then run `huggingface-cli login` (or set HF_TOKEN); or point "
+            f"{key} at a local model folder") from None
+    except RepositoryNotFoundError:
+        raise ModelUnavailableError(
+            f"{key}={name_or_path}: no such model on the Hugging Face hub (or a private one: `huggingface-cli "
+            f"login`); check the id, or point {key} at a local model folder") from None
     except Exception as err:  # noqa: BLE001 - any failure here means the hub cannot give us the model
         raise ModelUnavailableError(
-            f"model {name_or_path!r} is not cached locally and the Hugging Face hub is unreachable or refused it "
-            f"({type(err).__name__}: {err}). Download it where there is a network "
-            f"(`huggingface-cli download {name_or_path}`) and set model.name_or_path to the folder."
-        ) from err
+            f"{key}={name_or_path}: not cached locally and the Hugging Face hub is unreachable or refused it "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"{_what_to_do(name_or_path, key)}") from None
+
+
+def check_available(cfg: Mapping[str, Any], key: str = "model", cache_dir: Path | None = None) -> None:
+    """Cheap start-up check that a model config can load, before any data, logger or checkpoint: a
+    local folder exists, a hub model is cached (or, online, reachable and accessible), the embedded
+    GGUF package is installed (or already de-quantized). Raises ModelUnavailableError naming `key`."""
+    source = cfg.get("source")
+    if source == "tiny":
+        if isinstance(cfg.get("tokenizer"), Mapping):
+            check_available(cfg["tokenizer"], f"{key}.tokenizer", cache_dir)
+    elif source == "gguf_package":
+        if not (Path(cache_dir or default_cache_dir()) / "models" / str(cfg.get("name")) / "config.json").is_file():
+            _gguf_package_file(cfg)
+    elif source == "pretrained" and cfg.get("name_or_path"):
+        _check_pretrained(str(cfg["name_or_path"]), f"{key}.name_or_path", cfg.get("revision"))
+
+
+def check_pm_base(folder: Any, key: str, cache_dir: Path | None = None) -> None:
+    """The base model of an exported PM folder (its syco_pm.json `model`), when the folder is there
+    (a missing or broken folder is reported by the PM loader, naming it)."""
+    try:
+        meta = json.loads((Path(str(folder)).expanduser() / PM_META).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(meta, Mapping) and isinstance(meta.get("model"), Mapping):
+        try:
+            check_available(meta["model"], "model", cache_dir)
+        except ModelUnavailableError as err:
+            raise ModelUnavailableError(f"{key}={folder}: the exported PM's base model (its {PM_META} "
+                                        f"`model`) cannot load: {err}") from None
+
+
+def check_models_available(cfg: Mapping[str, Any], entry: str) -> None:
+    """Every model the run will load, checked at start-up (train.py: the model and PPO's PMs;
+    evaluate.py: the policy, unless the checkpoints read their own base, and best-of-n's PMs)."""
+    cache_dir = Path(cfg.get("cache_dir") or default_cache_dir())
+    if entry == "train.py":
+        check_available(cfg["model"], "model", cache_dir)
+        task = (cfg.get("task") or {}).get("name")
+        for name in ("pm", "gold_pm") if task == "ppo" else ():
+            if (cfg.get("ppo") or {}).get(name):
+                check_pm_base(cfg["ppo"][name], f"ppo.{name}", cache_dir)
+        return
+    method = (cfg.get("method") or {}).get("name")
+    if not (method == "checkpoints" and (cfg.get("checkpoints") or {}).get("model", "run") == "run"):
+        check_available(cfg["policy"], "policy", cache_dir)
+    if method == "bon":
+        for name, spec in ((cfg.get("bon") or {}).get("pms") or {}).items():
+            path = spec.get("path") if isinstance(spec, Mapping) else spec
+            if path:
+                check_pm_base(path, f"bon.pms.{name}", cache_dir)
 
 
 def resolve_model_path(cfg: Mapping[str, Any], cache_dir: Path | None = None) -> str:
@@ -171,7 +264,7 @@ def resolve_model_path(cfg: Mapping[str, Any], cache_dir: Path | None = None) ->
         name = cfg.get("name_or_path")
         if not name:
             raise ValueError("model.source=pretrained needs model.name_or_path (a hub id or a local folder)")
-        _check_pretrained(str(name), revision=cfg.get("revision"), trust_remote_code=bool(cfg.get("trust_remote_code")))
+        _check_pretrained(str(name), "model.name_or_path", revision=cfg.get("revision"))
         return str(name)
     raise ValueError(f"model.source={source!r} has no path; expected one of {SOURCES}")
 
