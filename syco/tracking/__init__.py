@@ -1,4 +1,8 @@
-"""Experiment tracking: loggers (W&B offline when there is no API key, CSV), atomic result files."""
+"""Experiment tracking: loggers (W&B offline when there is no API key, CSV), atomic result files.
+
+Every W&B run carries the resolved config, a group (the experiment or sweep), a job type (the task or
+method), tags and a name that tells runs apart (`run_identity`); PPO rows are plotted against the PPO
+step and the measured KL; a report's `curves` become one W&B run each (e.g. best-of-n per selector)."""
 
 from __future__ import annotations
 
@@ -6,13 +10,9 @@ import errno
 import json
 import logging
 import math
-import netrc
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,77 +21,22 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from syco.tracking.wandb_runs import (  # noqa: F401 - re-exported
+    PPO_AXES,
+    RunLogger,
+    build_loggers,
+    define_axes,
+    pm_variant,
+    ppo_label,
+    resolved,
+    run_identity,
+    wandb_base_url,
+    wandb_has_credentials,
+    wandb_logger,
+    wandb_unreachable,
+)
+
 log = logging.getLogger(__name__)
-
-
-DEFAULT_WANDB_URL = "https://api.wandb.ai"
-
-
-def wandb_base_url() -> str:
-    return os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_URL
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urllib.parse.urlparse(wandb_base_url()).hostname or "api.wandb.ai"
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_unreachable(url: str, timeout_s: float) -> str | None:
-    """Why the W&B server at `url` cannot be reached within `timeout_s` (None: it answered). Any HTTP
-    answer counts as reachable; proxies from the environment are used, as wandb itself does."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError:
-        return None  # the server answered (401, 404, ...): it is there
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        return f"{type(reason).__name__}: {reason}"
-
-
-def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".", check_timeout_s: float = 5.0,
-                 **kwargs: Any) -> WandbLogger:
-    """W&B logger; `mode=auto` logs online with credentials and offline without (sync later with
-    `wandb sync <save_dir>/wandb/offline-run-*`). Before logging online, the W&B server
-    (WANDB_BASE_URL, default api.wandb.ai) must answer within `check_timeout_s`: if it does not,
-    `mode=online` (or WANDB_MODE=online) fails at once saying to log offline, and `mode=auto` logs
-    offline with a warning (a cluster node without internet), instead of wandb's 90 s wait and error."""
-    if mode not in ("auto", "online", "offline", "disabled"):
-        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
-    asked = mode
-    if mode == "auto":
-        asked = os.environ.get("WANDB_MODE") or "auto"
-        mode = asked if asked != "auto" else ("online" if wandb_has_credentials() else "offline")
-    if mode == "online" and check_timeout_s and check_timeout_s > 0:
-        url = wandb_base_url()
-        why = wandb_unreachable(url, check_timeout_s)
-        if why is not None:
-            if asked == "online":
-                source = "WANDB_MODE=online" if os.environ.get("WANDB_MODE") == "online" else "logger.wandb.mode=online"
-                raise ConnectionError(
-                    f"{source} but the W&B server {url} cannot be reached ({why}, {check_timeout_s:g} s timeout). "
-                    f"On a machine without internet log offline: logger.wandb.mode=offline (or WANDB_MODE=offline), "
-                    f"then `wandb sync {save_dir}/wandb/offline-run-*` where there is a network"
-                )
-            log.warning("W&B server %s cannot be reached (%s): logging offline into %s/wandb (upload later with "
-                        "`wandb sync %s/wandb/offline-run-*`; logger.wandb.mode=online makes this an error)",
-                        url, why, save_dir, save_dir)
-            mode = "offline"
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return WandbLogger(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
-
-
-def build_loggers(cfg: Mapping[str, Any]) -> list[Logger]:
-    """The configured loggers (`cfg.logger`: name -> instantiable config; null entries are off)."""
-    from hydra.utils import instantiate
-
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
 Metric = Mapping[str, Any]  # {value, stderr, count, ci, ...}
@@ -124,33 +69,43 @@ def flat_metrics(tree: Mapping[str, Any], prefix: str = "", intervals: bool = Fa
 
 
 @dataclass
+class Curve:
+    """One W&B run of its own beside the report's run (same group, job type and config), e.g. one
+    best-of-n selector: runs with the same keys share every W&B chart, a line each."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # added to the run's config
+
+
+@dataclass
 class Report:
     """What a run sends to its loggers (`send`)."""
 
     summary: dict[str, Any] = field(default_factory=dict)  # W&B run summary; one row for the others (without rows)
     rows: list[dict[str, Any]] = field(default_factory=list)  # one logged row each (a step each for the others)
     wandb_rows: list[dict[str, Any]] | None = None  # what W&B logs instead of `rows` (e.g. with more x-axes)
-    # W&B define_metric, in order: metric glob -> the metric it is plotted against (None: an x-axis itself)
+    # W&B x-axes (define_metric per logged key, first match wins): metric glob -> the metric it is
+    # plotted against (None: an x-axis itself); for the rows and the curves
     axes: dict[str, str | None] = field(default_factory=dict)
     tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)  # W&B: name -> (columns, rows)
     images: list[Path] = field(default_factory=list)  # W&B: logged as plots/<file stem>
+    curves: list[Curve] = field(default_factory=list)  # W&B: a run each (RunLogger only)
 
 
 def send(loggers: list[Logger], report: Report, finalize: bool = True) -> None:
-    """Send a report to every logger: W&B gets the x-axes (define_metric), rows, images, tables and
-    the run summary; the others the rows, one step each, or else the summary's numbers as one row.
-    `finalize`: close each logger (else only flush the others)."""
+    """Send a report to every logger: W&B gets the x-axes (define_metric), rows, images, tables, the
+    run summary and a run per curve; the others the rows, one step each, or else the summary's
+    numbers as one row. `finalize`: close each logger (W&B: finish its run; else only flush the others)."""
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             import wandb
 
             run = lg.experiment
-            for pattern, axis in report.axes.items():
-                if axis is None:
-                    run.define_metric(pattern)
-                else:
-                    run.define_metric(pattern, step_metric=axis)
-            for row in report.rows if report.wandb_rows is None else report.wandb_rows:
+            rows = report.rows if report.wandb_rows is None else report.wandb_rows
+            define_axes(run, report.axes, {k for row in rows for k in row}, set())
+            for row in rows:
                 run.log(row)
             if report.images:
                 run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.images})
@@ -158,6 +113,12 @@ def send(loggers: list[Logger], report: Report, finalize: bool = True) -> None:
                 run.log({name: wandb.Table(columns=columns, data=data)})
             if report.summary:
                 run.summary.update(report.summary)
+            for curve in report.curves if isinstance(lg, RunLogger) else []:
+                sibling = lg.sibling(curve.name, curve.tags, curve.config)
+                define_axes(sibling, report.axes, {k for row in curve.rows for k in row}, set())
+                for row in curve.rows:
+                    sibling.log(row)
+                sibling.finish()
         elif report.rows:
             for step, row in enumerate(report.rows):
                 lg.log_metrics(row, step=step)
@@ -165,6 +126,8 @@ def send(loggers: list[Logger], report: Report, finalize: bool = True) -> None:
             lg.log_metrics({k: v for k, v in report.summary.items() if isinstance(v, (int, float))})
         if finalize:
             lg.finalize("success")
+            if isinstance(lg, RunLogger):
+                lg.finish()
         elif not isinstance(lg, WandbLogger):
             lg.save()
 
