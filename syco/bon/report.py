@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from syco.core.best_of_n import best_of_n_weights
-from syco.tracking import Report, flat_metrics, save_figure_atomic, walk_metrics
+from syco.tracking import Curve, Report, flat_metrics, pm_variant, save_figure_atomic, walk_metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,24 @@ def flat_at(summary: Mapping[str, Any], n: str) -> dict[str, float]:
 
 
 def report(summary: Mapping[str, Any], plots: Sequence[Path], table: list[list[Any]]) -> Report:
-    """Every metric per n with n, log2 n and nominal KL as x-axes (W&B define_metric); the plots, the
-    selected samples' table; the other loggers a row per n."""
+    """W&B: a run per selector (`<selector>-seed<k>`, the curves), each with the same keys: n, log2 n
+    and nominal KL as x-axes, every metric `bon/<task>/<dataset>/<metric>` with its interval bounds,
+    so that one chart shows a line per PM and seed; this run the plots and the selected samples'
+    table. The other loggers: a row per n, `bon/<pm>/<task>/<dataset>/<metric>`."""
     kl = summary["kl_nominal"]
+    seed = (summary.get("config") or {}).get("seed")
+    curves = []
+    for pm_name, by_n in summary["results"].items():
+        spec = summary.get("pms", {}).get(pm_name)
+        variant = pm_variant(spec.get("path")) if isinstance(spec, Mapping) else None
+        curves.append(Curve(
+            name=f"{pm_name}-seed{seed}", tags=[pm_name, *([variant] if variant else [])],
+            config={"bon_selector": pm_name, "bon_selector_pm": spec},
+            rows=[{"bon/n": n, "bon/log2_n": math.log2(n), "bon/kl": kl[str(n)],
+                   **flat_metrics(by_n.get(str(n), {}), "bon", intervals=True)} for n in summary["n_grid"]]))
     return Report(
         rows=[{"bon/n": n, "bon/kl": kl[str(n)], **flat_at(summary, str(n))} for n in summary["n_grid"]],
-        wandb_rows=[{"bon/n": n, "bon/log2_n": math.log2(n), "bon/kl": kl[str(n)], **flat_at(summary, str(n))}
-                    for n in summary["n_grid"]],
+        wandb_rows=[], curves=curves,
         axes={"bon/n": None, "bon/log2_n": None, "bon/kl": None, "bon/*": "bon/kl"},
         images=list(plots),
         tables={"bon/selected": (["task", "pm", "n", "dataset", "template", "prompt", "selected_response",
