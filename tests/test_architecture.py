@@ -18,6 +18,7 @@ LAYERS = {
     "eval": 3,
     "bon": 4, "ppo": 4,
     "checkpoints": 5,
+    "sweeps": 6,
 }
 
 
