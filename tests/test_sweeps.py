@@ -37,7 +37,8 @@ def bon_results(folder: Path, seed: int | None, k: int = 4, grid: tuple[int, ...
             m["mimicry"] = {"value": 0.0, "ci": None, "count": 3}
         return {"answer": {"builtin": m}}
 
-    config = {"bon": {"k": k, "n_grid": list(grid), "pms": {"standard": str(folder / "pm")}}, "policy": {"name": "tiny"},
+    # each seed its own PM, given as a relative path that need not exist from where the command runs
+    config = {"bon": {"k": k, "n_grid": list(grid), "pms": {"standard": f"outputs/pm_{seed}/pm"}}, "policy": {"name": "tiny"},
               "run_dir": str(folder)}
     if seed is not None:
         config["seed"] = seed

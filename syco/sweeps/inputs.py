@@ -23,6 +23,9 @@ X_NAME = {BON: "n", PPO: "step"}
 # every value that is a file system path, e.g. each seed's own PM folder)
 WHERE = ("run_dir", "run_name", "cache_dir", "shared_data", "ckpt_path", "hydra", "logger", "checkpoints.label",
          "checkpoints.name", "checkpoints.out")
+# keys whose string values are files or folders (relative ones too, which need not exist from here)
+PATH_LEAVES = ("path", "pm", "gold_pm", "adapter", "init_adapter", "from_path", "policy_samples",
+               "run", "bon", "versus", "overlay", "out")
 MetricKey = tuple[str, str, str]  # task, dataset, metric
 
 
@@ -87,6 +90,8 @@ def _is_where(key: str, value: Any, ignore: Iterable[str]) -> bool:
     if leaf == "seed" or any(bare == w or bare.startswith(w + ".") for w in (*WHERE, *ignore)):
         return True
     if isinstance(value, str) and value and "${" not in value:
+        if (leaf in PATH_LEAVES or bare.startswith("bon.pms.")) and "/" in value:
+            return True  # a run's own inputs (each seed's PM, adapter, PPO run), wherever they are
         return value.startswith(("/", "./", "../", "~")) or ("/" in value and Path(value).exists())
     return False
 
