@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, compose_config, compose_resolvable
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from syco.pm.model import PreferenceModel
@@ -160,3 +162,41 @@ def test_best_of_n_one_run_per_selector_with_the_same_keys(tmp_path, home, pms):
     assert "nonsyco" in curves["nonsyco-seed4"]["run"]["tags"]
     # the PNGs and results.json are written as before
     assert (tmp_path / "bon" / "results.json").is_file() and list((tmp_path / "bon" / "plots").glob("*.png"))
+
+
+def step_folder(run: Path, step: int, pm: Path, seed: int) -> Path:
+    """A PPO run's saved step as syco.tracking reads it: policy/step_<k>/syco_ppo.json."""
+    folder = run / "policy" / f"step_{step}"
+    folder.mkdir(parents=True)
+    (folder / "syco_ppo.json").write_text(json.dumps({"pm": str(pm), "seed": seed, "step": step}))
+    return folder
+
+
+@pytest.fixture
+def hydra_cleared():
+    yield
+    HydraConfig.instance().cfg = None  # compose_resolvable installs Hydra's runtime config
+
+
+def test_checkpoints_and_adapter_runs_named_after_the_ppo_run(tmp_path, pms, hydra_cleared):
+    run = tmp_path / "ppo_run"
+    step = step_folder(run, 4, pms["nonsyco"], 7)
+    ck = run_identity(compose_resolvable("evaluate", ["method=checkpoints", f"checkpoints.run={run}", "policy=tiny",
+                                                      "seed=0"], tmp_path))
+    assert ck["job_type"] == "checkpoints" and ck["name"] == "checkpoints-default-ppo-nonsyco-seed7"
+    assert ck["group"] == "checkpoints-default" and {"checkpoints", "ppo", "nonsyco", "seed0"} <= set(ck["tags"])
+    ev = run_identity(compose_resolvable("evaluate", ["policy=tiny", f"policy.adapter={step}"], tmp_path))
+    assert ev["name"] == "eval-default-tiny-llama-ppo-nonsyco-seed7-step4-seed0" and ev["group"] == "eval-default-tiny-llama"
+
+
+def test_rlhf_stages_and_a_multirun_sweep(tmp_path, pms, hydra_cleared):
+    over = ["task=rlhf", "model=tiny", "pm=nonsyco", f"run_dir={tmp_path}"]
+    pm_stage, ppo_stage = (run_identity(compose_config("train", o)) for o in (over, [*over, f"ppo.pm={pms['nonsyco']}"]))
+    assert (pm_stage["job_type"], pm_stage["name"]) == ("rlhf-pm", "rlhf-nonsyco-tiny-llama-pm-seed0")
+    assert (ppo_stage["job_type"], ppo_stage["name"]) == ("rlhf-ppo", "rlhf-nonsyco-tiny-llama-seed0")
+    assert pm_stage["group"] == ppo_stage["group"] == "rlhf-tiny-llama"
+    cfg = compose_config("train", [*PM, f"run_dir={tmp_path}", "hydra.sweep.dir=multirun/pb_seeds"],
+                         return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    assert run_identity(cfg)["group"] == "train-pb_seeds"  # every job of the sweep

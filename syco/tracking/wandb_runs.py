@@ -266,6 +266,7 @@ def run_identity(cfg: Any) -> dict[str, Any]:
             pm = _get(cfg, "ppo.pm")
             variant = pm_variant(pm) or (Path(str(pm)).parent.name if pm else chosen)
         base, name = _segment(run_name, chosen, None), _segment(run_name, chosen, variant)
+        name = f"{name}-pm" if job == "rlhf-pm" else name  # task=rlhf: its PM stage beside its PPO run
         tags = [job, variant, _get(cfg, "model.name"), choices.get("data") if not job.endswith("ppo") else None]
     else:  # evaluate.py
         job = str(_get(cfg, "method.name") or "eval")
@@ -277,7 +278,7 @@ def run_identity(cfg: Any) -> dict[str, Any]:
     if seed is not None and not (job == "checkpoints" and name != base):  # checkpoints: the PPO run's seed
         name = f"{name}-seed{seed}"
     if hc is not None and hc.mode == RunMode.MULTIRUN:
-        base = f"{hc.job.name}-{Path(str(hc.sweep.dir)).name}"
+        base = f"{hc.job.config_name}-{Path(str(hc.sweep.dir)).name}"
     tags += [choices.get("experiment"), f"seed{seed}" if seed is not None else None]
     return {"name": name, "group": base, "job_type": job, "tags": [str(t) for t in tags if t]}
 
