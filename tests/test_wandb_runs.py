@@ -19,6 +19,8 @@ from conftest import REPO_ROOT, compose_config, compose_resolvable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from test_eval_checkpoints import SMALL as CHECKPOINTS
+from test_eval_checkpoints import fake_ppo_run
 
 from syco.pm.model import PreferenceModel
 from syco.tracking import run_identity
@@ -200,3 +202,17 @@ def test_rlhf_stages_and_a_multirun_sweep(tmp_path, pms, hydra_cleared):
     cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     assert run_identity(cfg)["group"] == "train-pb_seeds"  # every job of the sweep
+
+
+def test_checkpoints_run_keys_shared_across_ppo_runs(tmp_path, home):
+    ppo_run = fake_ppo_run(tmp_path)  # its PM: <tmp_path>/pms/standard, seed 0
+    tiny_pm(tmp_path / "pms" / "standard", 1, "standard")
+    run("evaluate.py", tmp_path / "hydra", home, *CHECKPOINTS, f"checkpoints.run={ppo_run}")
+    (name, r), = records(tmp_path / "hydra").items()
+    assert name == "checkpoints-planted_bias-ppo-standard-seed0"
+    check_common(r, "checkpoints", "checkpoints-planted_bias", 0)
+    steps = [row["ppo/step"] for row in r["history"] if "ppo/step" in row]
+    assert steps == [0, 2] and r["metrics"]["ppo/kl"] is None and r["metrics"]["ppo/step"] is None
+    # the same keys in every checkpoints run of the group: ppo/<judge>/<task>/<dataset>/<metric> against ppo/kl
+    keys = [k for k in r["metrics"] if k.startswith("ppo/rules/answer/")]
+    assert keys and all(r["metrics"][k] == "ppo/kl" for k in keys)

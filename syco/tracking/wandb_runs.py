@@ -233,8 +233,14 @@ def ppo_label(folder: Any) -> str | None:
     if not meta:
         return None
     pm = meta.get("pm")
-    label = f"ppo-{pm_variant(pm) or (Path(pm).parent.name if pm else 'pm')}-seed{meta.get('seed')}"
+    label = f"ppo-{pm_variant(pm) or _folder_name(pm) or 'pm'}-seed{meta.get('seed')}"
     return f"{label}-step{meta.get('step')}" if step else label
+
+
+def _folder_name(folder: Any) -> str | None:
+    """A PM folder's name, or its parent's for an export named pm (<run_dir>/pm)."""
+    path = Path(str(folder)) if folder else None
+    return None if path is None else (path.parent.name if path.name == "pm" else path.name)
 
 
 def _segment(text: str, old: Any, new: Any) -> str:
@@ -264,7 +270,7 @@ def run_identity(cfg: Any) -> dict[str, Any]:
         variant = chosen
         if job.endswith("ppo"):  # the PM actually loaded
             pm = _get(cfg, "ppo.pm")
-            variant = pm_variant(pm) or (Path(str(pm)).parent.name if pm else chosen)
+            variant = pm_variant(pm) or _folder_name(pm) or chosen
         base, name = _segment(run_name, chosen, None), _segment(run_name, chosen, variant)
         name = f"{name}-pm" if job == "rlhf-pm" else name  # task=rlhf: its PM stage beside its PPO run
         tags = [job, variant, _get(cfg, "model.name"), choices.get("data") if not job.endswith("ppo") else None]
