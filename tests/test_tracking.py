@@ -13,7 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from syco.tracking import Report, flat_metrics, send, walk_metrics, wandb_logger, wandb_unreachable
+from syco.tracking import (
+    PPO_AXES,
+    Report,
+    define_axes,
+    flat_metrics,
+    send,
+    walk_metrics,
+    wandb_logger,
+    wandb_unreachable,
+)
 
 TREE = {"answer": {"rules": {"builtin": {"sycophancy": {"value": 0.25, "stderr": 0.1, "count": 8, "ci": [0.05, 0.45]},
                                         "accuracy/plain": {"value": None, "stderr": None, "count": 0}}}},
@@ -101,3 +110,24 @@ def test_wandb_server_answering_counts_as_reachable(tmp_path, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+class FakeRun:
+    def __init__(self) -> None:
+        self.defined: dict[str, str | None] = {}
+
+    def define_metric(self, name: str, step_metric: str | None = None, **_: object) -> None:
+        assert "*" not in name  # one exact definition per key, never a glob
+        self.defined[name] = step_metric
+
+
+def test_axes_defined_per_key_first_matching_glob_wins():
+    run, seen = FakeRun(), set()
+    define_axes(run, PPO_AXES, ["objective/kl", "eval/kl", "eval/score", "eval_by_kl/score", "ppo/step"], seen)
+    assert run.defined == {"ppo/step": None, "eval/kl": "ppo/step", "objective/kl": "ppo/step",
+                           "eval/score": "ppo/step", "eval_by_kl/score": "eval/kl"}
+    assert list(run.defined)[:2] == ["eval/kl", "ppo/step"]  # the x-axes before the metrics plotted against them
+    define_axes(run, {"bon/n": None, "bon/*": "bon/kl"}, ["bon/n", "bon/a/b"], seen)
+    assert run.defined["bon/n"] is None and run.defined["bon/a/b"] == "bon/kl"
+    define_axes(run, {"x/*": "x/n"}, ["other", "eval/kl"], seen)  # no match: left to W&B; known keys stay as defined
+    assert "other" not in run.defined and run.defined["eval/kl"] == "ppo/step"
