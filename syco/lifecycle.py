@@ -173,6 +173,17 @@ class SaveOnPreemption(L.Callback):
             log.warning("SIGTERM: saved the state after global step %d to %s", trainer.global_step, self.path)
 
 
+def trainer_overrides(trainer_cfg: Any) -> dict[str, Any]:
+    """What every syco trainer adds to `cfg.trainer`: the data modules shard their own data (they
+    lay batches out for exact resume and exact held-out counts), and a GPU config run on the CPU
+    (`trainer=ddp trainer.accelerator=cpu`) computes in fp32, as CPUs do best (gloo for DDP)."""
+    out: dict[str, Any] = {"use_distributed_sampler": False}
+    if str(trainer_cfg.get("accelerator")) == "cpu" and "16" in str(trainer_cfg.get("precision")):
+        log.info("trainer.precision=%s on the CPU: using 32-true", trainer_cfg.get("precision"))
+        out["precision"] = "32-true"
+    return out
+
+
 def rng_states() -> dict[str, Any]:
     """Every random generator a training step draws from (dropout, sampling): saved in checkpoints
     so that a resumed run draws what the uninterrupted run would have."""

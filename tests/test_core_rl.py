@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_var, masked_whiten
+from syco.core.advantages import (
+    gae,
+    leave_one_out_baseline,
+    masked_mean,
+    masked_moments,
+    masked_var,
+    masked_whiten,
+    moments_mean_var,
+)
 from syco.core.kl import AdaptiveKLController, FixedKLController, kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
 
@@ -152,3 +160,17 @@ def test_leave_one_out_baseline_by_hand():
         leave_one_out_baseline(scores, 1)
     with pytest.raises(ValueError, match="groups of 4"):
         leave_one_out_baseline(scores, 4)
+
+
+def test_whitening_over_ranks_equals_whitening_the_whole_batch():
+    """Two ranks adding up their masked moments whiten exactly as one process with both halves."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g)
+    mask = (torch.rand(6, 5, generator=g) > 0.3).float()
+    whole = masked_whiten(x, mask)
+    moments = masked_moments(x[:3], mask[:3]) + masked_moments(x[3:], mask[3:])
+    halves = torch.cat([masked_whiten(x[:3], mask[:3], moments=moments), masked_whiten(x[3:], mask[3:], moments=moments)])
+    assert torch.allclose(halves, whole, atol=1e-6)
+    assert float(moments_mean_var(masked_moments(x, mask))[0]) == pytest.approx(float(masked_mean(x, mask)), abs=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        moments_mean_var(masked_moments(x[:1, :1], torch.ones(1, 1)))

@@ -31,9 +31,34 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the unmasked entries; masked entries are returned as 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares, count] of the unmasked entries, in float64: what ranks add up to
+    whiten over the global batch (`moments_mean_var`)."""
+    m = mask.to(torch.float64)
+    x = x.to(torch.float64)
+    return torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()])
+
+
+def moments_mean_var(moments: torch.Tensor, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance from `masked_moments` (summed over ranks)."""
+    total, squares, n = moments.unbind()
+    if n < (2 if unbiased else 1):
+        raise ValueError(f"whitening needs at least {2 if unbiased else 1} unmasked values, got {int(n)}")
+    mean = total / n
+    var = (squares / n - mean**2).clamp(min=0)
+    if unbiased:
+        var = var * n / (n - 1)
+    return mean, var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  moments: torch.Tensor | None = None) -> torch.Tensor:
+    """(x - mean) / std over the unmasked entries; masked entries are returned as 0. `moments`
+    (`masked_moments` summed over every rank) whitens over the global batch instead of this one."""
+    if moments is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = (v.to(x.dtype) for v in moments_mean_var(moments))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
@@ -175,33 +177,42 @@ def collate_pairs(batch: Sequence[EncodedPair], pad_token_id: int, padding_side:
 
 class EpochSampler(Sampler[int]):
     """Seeded random order per epoch, optionally length-grouped (batches drawn from sorted
-    mega-batches so that similar lengths meet: less padding, as transformers' group_by_length),
-    and resumable: with `position` (-> batches already trained, counted over the whole run), each
-    iteration starts in the epoch that count falls in, after the batches of it already trained, so a
-    job restarted from a checkpoint taken anywhere (mid-epoch, at an epoch's end, at a `max_steps`
-    stop) sees exactly the batches the uninterrupted run would have seen next."""
+    mega-batches so that similar lengths meet: less padding, as transformers' group_by_length), dealt
+    out to `ranks` processes, and resumable.
+
+    Distributed: the order is laid out in global batches of batch_size * ranks (the single-process
+    order at that batch size) and rank r takes every ranks-th index, so the ranks' k-th batches
+    together are exactly the k-th global batch; the order is padded from its start to a multiple of
+    `ranks` (every rank takes the same number of steps), as torch's DistributedSampler does.
+
+    Resumable: with `position` (-> batches this rank already trained, counted over the whole run),
+    each iteration starts in the epoch that count falls in, after the batches of it already trained,
+    so a job restarted from a checkpoint taken anywhere (mid-epoch, at an epoch's end, at a
+    `max_steps` stop) sees exactly the batches the uninterrupted run would have seen next."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_by_length: bool = True,
                  mega_batches: int = 50, position: Callable[[], int] | None = None, batches_per_epoch: int = 0,
-                 ranks: int = 1):
+                 ranks: int = 1, rank: int = 0):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
-        self.mega = batch_size * mega_batches
+        self.global_batch = batch_size * ranks
+        self.mega = self.global_batch * mega_batches
         self.epoch = 0
         self.position = position
         self.batches_per_epoch = batches_per_epoch
-        self.ranks = ranks
+        self.ranks, self.rank = ranks, rank
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning's per-epoch call; ignored when `position` tells the epoch (see the class)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return math.ceil(len(self.lengths) / self.ranks)
 
     def order(self, epoch: int) -> list[int]:
+        """Every index once, in this epoch's order (all ranks together)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         if not self.group_by_length:
@@ -209,18 +220,24 @@ class EpochSampler(Sampler[int]):
         batches = []
         for start in range(0, len(order), self.mega):
             chunk = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + self.global_batch] for i in range(0, len(chunk), self.global_batch)]
         return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+
+    def rank_order(self, epoch: int) -> list[int]:
+        """This rank's share of the epoch's order."""
+        order = self.order(epoch)
+        if self.ranks == 1:
+            return order
+        padded = order + order[: (-len(order)) % self.ranks]
+        return padded[self.rank :: self.ranks]
 
     def __iter__(self) -> Iterator[int]:
         epoch, skip = self.epoch, 0
         if self.position is not None and self.batches_per_epoch > 0:
             epoch, done = divmod(self.position(), self.batches_per_epoch)
             self.epoch = epoch
-            # under DDP the distributed wrapper deals this order out to the ranks: each trained
-            # `done` batches, so the first done * batch_size * ranks indices are spent
-            skip = done * self.batch_size * self.ranks
-        yield from self.order(epoch)[skip:]
+            skip = done * self.batch_size
+        yield from self.rank_order(epoch)[skip:]
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -261,16 +278,18 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        position, per_epoch, ranks = None, 0, 1
+        position, per_epoch, ranks, rank = None, 0, 1, 0
         if trainer is not None:
             # where the run stands in the data, read when each epoch's iteration starts: a resumed
             # run restarts in the epoch and at the batch it stopped at (see EpochSampler)
             def position() -> int:
                 return trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
-            per_epoch, ranks = self.train_batches(trainer.world_size, trainer.limit_train_batches), trainer.world_size
+            per_epoch = self.train_batches(trainer.world_size, trainer.limit_train_batches)
+            ranks, rank = trainer.world_size, trainer.global_rank
+        # the sampler shards the data itself (the trainers run with use_distributed_sampler=False)
         sampler = EpochSampler([e.packed_length for e in self.train], self.batch_size, self.seed, self.group_by_length,
-                               position=position, batches_per_epoch=per_epoch, ranks=ranks)
+                               position=position, batches_per_epoch=per_epoch, ranks=ranks, rank=rank)
         return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate,
                           num_workers=self.num_workers, drop_last=False)
 
@@ -281,8 +300,14 @@ class PreferenceDataModule(L.LightningDataModule):
         random.Random(0).shuffle(order)
         chunk = self.eval_batch_size * 16
         order = [e for i in range(0, len(order), chunk) for e in sorted(order[i : i + chunk], key=lambda e: e.packed_length)]
-        return DataLoader(order, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
-                          num_workers=self.num_workers)
+        # under DDP each rank measures its own share, none padded with repeats: counts stay exact
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(order, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                   shuffle=False)
+        return DataLoader(order, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
+                          collate_fn=self._collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         # one loader: the module tells held-out pairs from probe pairs by their kind

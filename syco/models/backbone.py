@@ -264,7 +264,10 @@ def resolve_model_path(cfg: Mapping[str, Any], cache_dir: Path | None = None) ->
         name = cfg.get("name_or_path")
         if not name:
             raise ValueError("model.source=pretrained needs model.name_or_path (a hub id or a local folder)")
-        _check_pretrained(str(name), "model.name_or_path", revision=cfg.get("revision"))
+        if not Path(str(name)).expanduser().is_dir():
+            # a folder is read as it is: an exported PM folder holds a tokenizer and adapter, no
+            # config.json (the start-up check, check_available, asks for a whole model where one is meant)
+            _check_pretrained(str(name), "model.name_or_path", revision=cfg.get("revision"))
         return str(name)
     raise ValueError(f"model.source={source!r} has no path; expected one of {SOURCES}")
 

@@ -39,12 +39,14 @@ class Tally(Metric):
         self.count += values.numel()
 
     def compute(self) -> dict[str, float]:
+        # the states are summed across ranks only inside compute(): everything read from them is
+        # derived here (after compute() torchmetrics puts back this rank's own sums)
         n = float(self.count)
         if n == 0:
-            return {"value": math.nan, "stderr": math.nan, "count": 0}
+            return {"value": math.nan, "stderr": math.nan, "count": 0, "std": math.nan}
         mean = float(self.total) / n
         var = max(float(self.squares) / n - mean**2, 0.0)
-        return {"value": mean, "stderr": math.sqrt(var / max(n - 1, 1)), "count": int(n)}
+        return {"value": mean, "stderr": math.sqrt(var / max(n - 1, 1)), "count": int(n), "std": math.sqrt(var)}
 
 
 class PreferenceModelModule(L.LightningModule):
@@ -187,10 +189,12 @@ class PreferenceModelModule(L.LightningModule):
         for name, metric in self.accuracy.items():
             results[f"heldout/accuracy/{name}"] = metric.compute()
         reward = self.reward.compute()
-        reward_std = math.sqrt(max(float(self.reward.squares) / max(float(self.reward.count), 1) - reward["value"] ** 2, 0))
         results["heldout/reward_mean"] = reward
-        results["heldout/reward_std"] = {"value": reward_std, "stderr": math.nan, "count": reward["count"]}
-        if int(self.accuracy_all.count) >= 2:
+        results["heldout/reward_std"] = {"value": reward.pop("std"), "stderr": math.nan, "count": reward["count"]}
+        held = results["heldout/accuracy"]["count"]
+        if held >= 2:
             results["heldout/reward_length_corr"] = {"value": float(self.length_corr.compute()), "stderr": math.nan,
-                                                     "count": 2 * int(self.accuracy_all.count)}
+                                                     "count": 2 * held}
+        for r in results.values():
+            r.pop("std", None)
         return results

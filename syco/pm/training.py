@@ -19,7 +19,7 @@ from syco.core.metrics import mean_se, per_item_means
 from syco.data.pairs import BadRows
 from syco.data.policy_pairs import policy_anti_sycophancy_pairs
 from syco.data.preference import PreferenceDataModule, build_preference_splits, training_side
-from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status
+from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status, trainer_overrides
 from syco.pm.model import PreferenceModel, load
 from syco.pm.module import PreferenceModelModule
 from syco.tracking import build_loggers, log_summary, write_json_atomic
@@ -62,7 +62,8 @@ def _train(cfg: DictConfig, splits: Any, loggers: list[Any], run_dir: Path) -> t
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)  # checked before the trainer starts
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,
+                          **trainer_overrides(cfg.trainer))
     trainer.fit(module, datamodule=_datamodule(cfg, splits, trained), ckpt_path=ckpt_path)
     if trainer.global_step == 0:
         raise RuntimeError(f"training took no optimizer step (trainer.max_epochs={trainer.max_epochs}, "
@@ -85,7 +86,7 @@ def _measure(cfg: DictConfig, splits: Any, pm: PreferenceModel, run_dir: Path) -
     # of its root over the weights it is given, and measure a stale PM
     with tempfile.TemporaryDirectory(prefix="syco-measure-") as root:
         evaluator = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                                limit_val_batches=1.0, default_root_dir=root)
+                                limit_val_batches=1.0, default_root_dir=root, **trainer_overrides(cfg.trainer))
         evaluator.validate(module, datamodule=_datamodule(cfg, splits, pm), verbose=False, ckpt_path=None)
     results = dict(module.last_validation)
     results.setdefault("pm/syco_rate", {"value": None, "stderr": None, "count": 0})

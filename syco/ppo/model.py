@@ -100,14 +100,13 @@ class ActorCritic(torch.nn.Module):
     # adapters -----------------------------------------------------------------------------------
     def use(self, name: str) -> None:
         """Make `name` the active adapter. peft's set_adapter also changes requires_grad; put it back
-        so that policy and value stay trainable and reference/PM adapters frozen whichever is active."""
+        so that policy and value stay trainable and everything else frozen whichever is active."""
         self.peft.set_adapter(name)
-        for params in self._trainable.values():
-            for p in params:
-                p.requires_grad_(True)
-        for params in self._frozen.values():
-            for p in params:
-                p.requires_grad_(False)
+        # only policy and value train: everything else is frozen, the reward head a PM adapter brings
+        # onto the base included (DDP fails on a trainable parameter that no loss reaches)
+        trainable = {id(p) for params in self._trainable.values() for p in params}
+        for p in self.peft.parameters():
+            p.requires_grad_(id(p) in trainable)
 
     @contextmanager
     def adapter(self, name: str) -> Iterator[None]:

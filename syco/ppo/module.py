@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from transformers import get_scheduler
 
-from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_whiten
+from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_moments, masked_whiten
 from syco.core.kl import kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
 from syco.data.chat import Prompt
@@ -105,8 +105,11 @@ class PPOModule(L.LightningModule):
     def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw PM scores, the shaped scores PPO optimizes), on the module's device."""
         raw = pm_scores(self.pm, rollout.prompts, rollout.responses, self.cfg.reward)
+        # the running statistics take in every rank's scores: the same on every rank, as in one process
+        seen = self._gather(raw) if self.cfg.reward.normalize == "running" else None
         shaped = shape_scores(raw, rollout.has_stop.cpu(), self.cfg.reward, self.running,
-                              float(getattr(self.pm, "reward_mean", 0.0)), float(getattr(self.pm, "reward_std", 1.0)))
+                              float(getattr(self.pm, "reward_mean", 0.0)), float(getattr(self.pm, "reward_std", 1.0)),
+                              seen=seen)
         return raw.to(self.device), shaped.to(self.device)
 
     # training -----------------------------------------------------------------------------------
@@ -133,8 +136,9 @@ class PPOModule(L.LightningModule):
         optimized = leave_one_out_baseline(scores, k) if cfg.reward.baseline == "prompt" else scores
         rewards = token_rewards(optimized, kl, mask, kl_coef)
         advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        if cfg.whiten_advantages:  # over the global batch: every rank's advantages
+            moments = self._all_sum(masked_moments(advantages, mask)) if world > 1 else None
+            advantages = masked_whiten(advantages, mask, moments=moments)
         rollout.advantages, rollout.returns = advantages, returns
         lr = self.lr_schedulers().get_last_lr()[0]  # the rate this step's updates use (first one)
         stats = self.ppo_update(rollout, step)
@@ -232,6 +236,18 @@ class PPOModule(L.LightningModule):
                     f"PPO step {step}{where}: non-finite {name} ({example}); stopping before the step is saved. "
                     f"The last good checkpoint ({self.run_dir / 'checkpoints' / 'last.ckpt'}) and policy adapters "
                     f"({self.run_dir / 'policy'}) are untouched.")
+
+    def _all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if not self.attached or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.detach().to(self.device), reduce_op="sum").to(value.device)
+
+    def _gather(self, value: torch.Tensor) -> torch.Tensor:
+        """Every rank's `value`, concatenated in rank order (this rank's alone in one process)."""
+        if not self.attached or self.trainer.world_size == 1:
+            return value
+        gathered = self.all_gather(value.detach().to(self.device))
+        return gathered.reshape(-1, *value.shape[1:]).to(value.device)
 
     def _all_mean(self, value: torch.Tensor) -> torch.Tensor:
         if not self.attached or self.trainer.world_size == 1:

@@ -54,13 +54,14 @@ def pm_scores(pm: Any, prompts: Sequence[Any], responses: Sequence[str], cfg: Re
 
 
 def shape_scores(raw: torch.Tensor, has_stop: torch.Tensor, cfg: RewardConfig, running: RunningMoments,
-                 pm_mean: float = 0.0, pm_std: float = 1.0) -> torch.Tensor:
-    """The score PPO optimizes: normalized, then the missing-EOS penalty, then clipped."""
+                 pm_mean: float = 0.0, pm_std: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The score PPO optimizes: normalized, then the missing-EOS penalty, then clipped. `seen`: the
+    raw scores of the whole global batch (every rank's), which the running statistics take in."""
     scores = raw.float().clone()
     if cfg.normalize == "pm":
         scores = (scores - pm_mean) / pm_std
     elif cfg.normalize == "running":
-        running.update(raw)
+        running.update(raw if seen is None else seen)
         scores = (scores - running.mean) / max(running.std, 1e-8)
     if cfg.missing_eos_penalty:
         scores = scores - float(cfg.missing_eos_penalty) * (~has_stop.to(scores.device)).float()

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
-from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status
+from syco.lifecycle import SaveOnPreemption, resolve_ckpt_path, run_status, trainer_overrides
 from syco.pm.model import load
 from syco.pm.training import extra_callbacks
 from syco.ppo.config import PPOConfig
@@ -88,7 +88,7 @@ def trainer_for(cfg: DictConfig, ppo: PPOConfig, loggers: list[Any], run_dir: Pa
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,
                        max_steps=ppo.total_steps * per_rollout, max_epochs=-1, gradient_clip_val=None,
                        accumulate_grad_batches=1, log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0,
-                       val_check_interval=None)
+                       val_check_interval=None, **trainer_overrides(cfg.trainer))
 
 
 def fit(trainer: L.Trainer, module: PPOModule, ckpt_path: str | None = None) -> None:
