@@ -70,3 +70,24 @@ def tokenizer(cache_dir: Path):
 
     cfg = OmegaConf.to_container(compose_config("model/tiny"), resolve=True)
     return load_tokenizer(cfg["model"], cache_dir)
+
+
+LOCAL_SLURM = REPO_ROOT.parent / "shared" / "tools" / "local-slurm" / "start.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A real one-node SLURM cluster (partition debug, 2 CPUs, accounting on), started once per session
+    by ../shared/tools/local-slurm/start.sh (idempotent: ~1 s when it already runs). A cluster that does
+    not start fails the tests that need it, with the script's log tails: CI must not skip them."""
+    import os
+    import subprocess
+
+    # start.sh sizes the node with `nproc`, which obeys OMP_NUM_THREADS: under OMP_NUM_THREADS=1 it
+    # would reconfigure the cluster to one CPU (and a 2-task job would pend forever)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    proc = subprocess.run(["bash", str(LOCAL_SLURM)], capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0:
+        pytest.fail(f"the local SLURM cluster did not start ({LOCAL_SLURM}, exit {proc.returncode}):\n"
+                    f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return "debug"
