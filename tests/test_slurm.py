@@ -231,9 +231,6 @@ def test_a_cancelled_job_fails_the_sweep_naming_it(slurm_cluster, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="DDP on the CPU is issue 25 item 1, being fixed in syco/pm and syco/ppo: "
-                   "the run completes under srun, but its held-out count includes the distributed sampler's "
-                   "padded duplicate (17 of 16 pairs)")
 def test_train_sbatch_runs_two_ddp_processes_under_srun(slurm_cluster, tmp_path):
     """slurm/train.sbatch, 2 tasks on one node: trainer=ddp on the CPU (gloo), world size 2 from SLURM."""
     run, out = tmp_path / "run", tmp_path / "job.out"
