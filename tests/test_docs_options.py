@@ -27,8 +27,8 @@ def test_readme_table_is_generated_from_conf():
 
 def test_every_group_and_option_is_listed():
     opts = config_options.options()
-    on_disk = {(p.parent.relative_to(CONF_DIR).as_posix(), p.stem) for p in CONF_DIR.glob("*/*.yaml")
-               if p.parent.name != "local"}
+    on_disk = {(p.parent.relative_to(CONF_DIR).as_posix(), p.stem) for p in CONF_DIR.rglob("*.yaml")
+               if p.parent != CONF_DIR and p.parent.name != "local"}  # nested groups too (hydra/launcher)
     assert {(o.group, o.name) for o in opts} == on_disk
 
 
