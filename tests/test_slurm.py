@@ -79,9 +79,9 @@ def pm_result(run_dir: Path) -> tuple[dict, bytes]:
 
 
 # --- the launcher config, no cluster --------------------------------------------------------------------
-def launcher(*overrides: str) -> dict:
-    cfg = compose_config("train", ["hydra/launcher=slurm", "run_dir=/tmp/run", f"shared_data={SHARED_DATA}",
-                                   *overrides], return_hydra_config=True)
+def launcher(*overrides: str, entry: str = "train") -> dict:
+    cfg = compose_config(entry, ["hydra/launcher=slurm", "run_dir=/tmp/run", f"shared_data={SHARED_DATA}",
+                                 *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
@@ -95,6 +95,9 @@ def test_launcher_composes_without_conf_local_and_follows_the_trainer():
     assert plain["additional_parameters"] == {"signal": "USR1@120", "requeue": True}
     ddp = launcher("trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
     assert ddp["tasks_per_node"] == 4 and ddp["nodes"] == 2
+    # evaluate.py has no trainer group: one task on one node
+    evaluation = launcher("method=checkpoints", "checkpoints.run=/tmp/ppo", entry="evaluate")
+    assert evaluation["tasks_per_node"] == 1 and evaluation["nodes"] == 1
 
 
 def test_launcher_reads_the_cluster_from_conf_local():
