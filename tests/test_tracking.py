@@ -131,3 +131,20 @@ def test_axes_defined_per_key_first_matching_glob_wins():
     assert run.defined["bon/n"] is None and run.defined["bon/a/b"] == "bon/kl"
     define_axes(run, {"x/*": "x/n"}, ["other", "eval/kl"], seen)  # no match: left to W&B; known keys stay as defined
     assert "other" not in run.defined and run.defined["eval/kl"] == "ppo/step"
+
+
+def test_a_resumed_run_logs_into_the_wandb_run_it_began(tmp_path, monkeypatch):
+    """Two launches in one run folder (a requeued or resumed job) log into one W&B run: the second
+    offline run carries the first one's id, so `wandb sync` joins them; another folder gets its own."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ids = []
+    for folder in ("run", "run", "other"):
+        logger = wandb_logger(save_dir=str(tmp_path / folder), name="x", check_timeout_s=0)
+        logger.log_metrics({"a": 1.0}, step=0)
+        ids.append(logger.experiment.id)
+        logger.experiment.finish()
+    assert ids[0] == ids[1] != ids[2]
+    assert (tmp_path / "run" / "wandb" / "syco_run_id").read_text().strip() == ids[0]
+    assert len(list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2

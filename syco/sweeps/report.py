@@ -104,6 +104,7 @@ def log_wandb(summary: Mapping[str, Any], plots: Mapping[str, Sequence[Path]], s
         config = {line: {"line": line, "seeds": data["seeds"], "files": data["files"]} for line, data in lines}
         first, data = lines[0]
         lg = wandb_logger(project=project, mode=mode, save_dir=str(save_dir), name=name[first], group=group,
+                          one_run_per_folder=False,  # one run per group of runs, all in one folder
                           job_type="seeds", tags=["seeds", g["kind"], first], axes=AXES,
                           config={"kind": g["kind"], "group": g["name"], "config": g["config"],
                                   "interval": summary["interval"], **config[first]})

@@ -9,6 +9,8 @@ import json
 import logging
 import netrc
 import os
+import secrets
+import string
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,13 +58,15 @@ def wandb_unreachable(url: str, timeout_s: float) -> str | None:
 
 
 def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".", check_timeout_s: float = 5.0,
-                 ppo_rows: bool = False, **kwargs: Any) -> WandbLogger:
+                 ppo_rows: bool = False, one_run_per_folder: bool = True, **kwargs: Any) -> WandbLogger:
     """W&B logger; `mode=auto` logs online with credentials and offline without (sync later with
     `wandb sync <save_dir>/wandb/offline-run-*`). Before logging online, the W&B server
     (WANDB_BASE_URL, default api.wandb.ai) must answer within `check_timeout_s`: if it does not,
     `mode=online` (or WANDB_MODE=online) fails at once saying to log offline, and `mode=auto` logs
     offline with a warning (a cluster node without internet), instead of wandb's 90 s wait and error.
-    `ppo_rows`: PPO's rows (PPORunLogger); `axes`, `renames`: see RunLogger; the rest (name, group, job_type, tags, config) goes to wandb.init."""
+    `ppo_rows`: PPO's rows (PPORunLogger); `axes`, `renames`: see RunLogger; the rest (name, group, job_type, tags, config) goes to wandb.init.
+    `one_run_per_folder`: a relaunch in the same `save_dir` (a resumed or requeued run) logs into the W&B
+    run that folder began (its id kept in <save_dir>/wandb/syco_run_id)."""
     if mode not in ("auto", "online", "offline", "disabled"):
         raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
     asked = mode
@@ -88,8 +92,34 @@ def wandb_logger(project: str = "syco", mode: str = "auto", save_dir: str = ".",
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if "tags" in kwargs:
         kwargs["tags"] = list(dict.fromkeys(str(t)[:64] for t in kwargs["tags"]))  # W&B: at most 64 characters each
+    if one_run_per_folder and "id" not in kwargs and mode != "disabled":
+        # one W&B run per run folder: a resumed or requeued run goes on logging into the run it began
+        # (offline, its new offline-run-* folder carries the same id, and `wandb sync` joins them)
+        kwargs["id"] = run_id(save_dir)
+        kwargs.setdefault("resume", "allow")
     cls = PPORunLogger if ppo_rows else RunLogger
     return cls(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
+
+
+RUN_ID_FILE = "syco_run_id"
+
+
+def run_id(save_dir: str | Path) -> str:
+    """The W&B run id of the run folder `save_dir`: read from `<save_dir>/wandb/syco_run_id`, or made
+    and written there the first time."""
+    path = Path(save_dir) / "wandb" / RUN_ID_FILE
+    try:
+        found = path.read_text().strip()
+        if found:
+            return found
+    except FileNotFoundError:
+        pass
+    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as wandb makes them
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, path)
+    return new
 
 
 def define_axes(run: Any, axes: Mapping[str, str | None], keys: Any, defined: set[str]) -> None:
