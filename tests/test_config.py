@@ -373,6 +373,11 @@ def test_documented_commands_pass_the_start_up_checks(tmp_path):
     (["task=ppo", "ppo.pm=/x", "ppo.eval.batch_size=0"], "ppo.eval.batch_size=0: must be an integer >= 1"),
     (["task=ppo", "ppo.pm=/x", "ppo.reward.batch_size=0"], "ppo.reward.batch_size=0: must be an integer >= 1"),
     (["task=ppo", "ppo.pm=/x", "ppo.forward_batch_size=0"], "ppo.forward_batch_size=0: must be an integer >= 1"),
+    (["task=ppo", "ppo.pm=/x", "ppo.generation_batch_size=3"], "ppo.generation_batch_size=3: must divide "
+                                                               "ppo.batch_size=8; e.g. ppo.generation_batch_size=2"),
+    (["task=ppo", "ppo.pm=/x", "trainer=fsdp"], "trainer.strategy=lightning.pytorch.strategies.FSDPStrategy: PPO "
+                                                "runs under DDP, not FSDP"),
+    (["task=rlhf", "trainer=fsdp"], "trainer.strategy=lightning.pytorch.strategies.FSDPStrategy: PPO runs under DDP"),
     (["task=ppo", "ppo.pm=/x", "ppo.checkpoint_every=0"], "ppo.checkpoint_every=0: must be an integer >= 1"),
     (["task=ppo", "ppo.pm=/x", "ppo.temperature=0"], "ppo.temperature=0: must be a finite number > 0"),
 ])

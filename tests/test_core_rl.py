@@ -15,6 +15,7 @@ from syco.core.advantages import (
     masked_var,
     masked_whiten,
     moments_mean_var,
+    token_mean,
 )
 from syco.core.kl import AdaptiveKLController, FixedKLController, kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
@@ -140,6 +141,36 @@ def test_value_loss_clipping_by_hand():
     # token 0: max((1-1)^2, (0.2-1)^2) = 0.64; token 1: max(0.81, 0.81) = 0.81
     assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
     assert stats["clipfrac"].item() == pytest.approx(0.5)
+
+
+def test_losses_of_row_parts_add_up_to_the_mini_batch_token_mean():
+    """With the mini-batch's token count, any split of its rows (micro-batches, ranks) gives parts
+    whose losses, gradients and statistics add up to the whole's: gradient accumulation and DDP then
+    take the step one large batch takes, however unequal the parts' token counts."""
+    g = torch.Generator().manual_seed(0)
+    new = torch.randn(5, 4, generator=g).requires_grad_()
+    old, adv = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    whole, stats = policy_loss(new, old, adv, mask)
+    (grad,) = torch.autograd.grad(whole, new)
+    tokens = mask.sum()
+    parts = [policy_loss(new[rows], old[rows], adv[rows], mask[rows], tokens=tokens) for rows in ([0, 3], [1, 2, 4])]
+    assert float(sum(p[0] for p in parts)) == pytest.approx(float(whole), abs=1e-6)
+    (split,) = torch.autograd.grad(sum(p[0] for p in parts), new)
+    assert torch.allclose(split, grad, atol=1e-7)
+    for k in stats:
+        assert float(sum(p[1][k] for p in parts)) == pytest.approx(float(stats[k]), abs=1e-6), k
+    # the per-part token mean (what a micro-batch's own mean would be) is not the mini-batch's
+    own = [policy_loss(new[rows], old[rows], adv[rows], mask[rows])[0] for rows in ([0, 3], [1, 2, 4])]
+    assert abs(float(sum(own)) / 2 - float(whole)) > 1e-3
+    v, vold, ret = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    vwhole = value_loss(v, vold, ret, mask)[0]
+    vparts = sum(value_loss(v[r], vold[r], ret[r], mask[r], tokens=tokens)[0] for r in ([0, 3], [1, 2, 4]))
+    assert float(vparts) == pytest.approx(float(vwhole), abs=1e-6)
+    assert token_mean(torch.ones(2, 2), torch.ones(2, 2), tokens=8).item() == 0.5
+    assert token_mean(torch.full((1, 2), 3.0), torch.tensor([[1, 0]])).item() == 3.0  # no count: its own mean
+    with pytest.raises(ValueError, match="0.0 tokens"):
+        token_mean(torch.ones(1, 1), torch.ones(1, 1), tokens=0)
 
 
 def test_entropy():

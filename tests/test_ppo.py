@@ -5,6 +5,7 @@ round trip, resume, and `train.py task=ppo|rlhf` end to end."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from syco.ppo.prompts import belief_prompts, step_prompts
 from syco.ppo.rewards import RunningMoments, shape_scores
 from syco.ppo.rlhf import pm_cache_key
 from syco.ppo.rlhf import run as run_rlhf
-from syco.ppo.rollout import evaluate, sample, sampling_config, stop_mask
+from syco.ppo.rollout import concat, evaluate, sample, sampling_config, stop_mask
 from syco.ppo.training import Steps, build, run_ppo, trainer_for
 
 PROMPTS = [
@@ -191,6 +192,58 @@ def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_
     assert logged["objective/rlhf_reward"] == pytest.approx(logged["objective/scores"])
 
 
+def test_chunked_generation_draws_what_each_rank_draws_and_concat_keeps_log_probs(built):
+    """One process generating in calls of generation_batch_size rows draws, call by call, what the
+    rank holding those rows draws with batch_size = generation_batch_size; concatenating the calls
+    re-pads rows without changing their tokens or log-probs."""
+    base = built.cfg
+    try:
+        built.cfg = dataclasses.replace(base, batch_size=4, generation_batch_size=2, max_new_tokens=6)
+        one = built.training_rollout(PROMPTS, step=3, rank=0)
+        built.cfg = dataclasses.replace(base, batch_size=2, generation_batch_size=None, max_new_tokens=6)
+        ranks = [built.training_rollout(PROMPTS[2 * r:2 * r + 2], step=3, rank=r) for r in (0, 1)]
+    finally:
+        built.cfg = base
+    assert one.responses == ranks[0].responses + ranks[1].responses
+    assert one.prompts == PROMPTS
+    for r, part in enumerate(ranks):
+        rows = slice(2 * r, 2 * r + 2)
+        for name in ("response_ids", "response_mask", "logprobs", "ref_logprobs", "values"):
+            mine, theirs = getattr(one, name)[rows], getattr(part, name)
+            assert torch.equal(mine[:, theirs.shape[1]:], torch.zeros_like(mine[:, theirs.shape[1]:])) or \
+                name == "response_ids", name  # right padding beyond a part's own width
+            assert torch.allclose(mine[:, :theirs.shape[1]].float(), theirs.float(), atol=1e-5), name
+        width = part.prompt_ids.shape[1]
+        assert torch.equal(one.prompt_ids[rows, -width:], part.prompt_ids)  # left padding before it
+        assert int(one.prompt_mask[rows, :-width].sum()) == 0
+    assert len({ranks[0].prompt_ids.shape[1], ranks[1].prompt_ids.shape[1]}) == 2  # the parts were re-padded
+    with pytest.raises(ValueError, match="no rollouts"):
+        concat([], 0)
+    with pytest.raises(ValueError, match="generation_batch_size=3 must divide batch_size=4"):
+        PPOConfig.from_mapping({"batch_size": 4, "mini_batch_size": 2, "generation_batch_size": 3})
+
+
+def test_gradient_accumulation_takes_the_mini_batch_step(tmp_path, pm_path):
+    """gradient_accumulation_steps splits a mini-batch into micro-batches of unequal token counts;
+    the loss stays the mini-batch's token mean, so the step and its statistics are the same."""
+    runs = {}
+    for accum in (1, 2):
+        cfg = ppo_cfg(tmp_path / str(accum), pm_path, "ppo.total_steps=1", "ppo.eval.at_start=false",
+                      "ppo.max_new_tokens=8", "ppo.temperature=2.0", f"ppo.gradient_accumulation_steps={accum}")
+        module, ppo = build(cfg)
+        # a tenth of the vocabulary ends a response: lengths (token counts) differ across rows
+        vocab = module.ac.tokenizer.vocab_size
+        module.ac.stop_ids = [*module.ac.stop_ids, *range(0, vocab, 10)]
+        fit(module, cfg, ppo)
+        runs[accum] = module
+    one, two = runs[1], runs[2]
+    assert 1 < one.last_metrics["response/length"] < 8 and one.last_metrics["response/eos_rate"] > 0
+    worst = max(float((a - b).abs().max()) for a, b in zip(one.trainable_parameters(), two.trainable_parameters()))
+    assert worst < 1e-6
+    for name in ("loss/policy_avg", "loss/value_avg", "policy/grad_norm", "policy/entropy_avg", "val/ratio"):
+        assert two.last_metrics[name] == pytest.approx(one.last_metrics[name], rel=1e-5, abs=1e-6), name
+
+
 def test_ppo_loss_moves_the_policy_towards_rewarded_responses(built):
 
     ac = ActorCritic.create(built.ac.model_cfg, seed=1)
@@ -218,7 +271,7 @@ def test_samples_per_prompt_with_a_prompt_baseline(tmp_path, pm_path, monkeypatc
                   "ppo.reward.baseline=prompt")
     module, ppo = build(cfg)
     seen: dict[str, object] = {}
-    rollout, scores, token_rewards = module.rollout, module.scores, ppo_module.token_rewards
+    rollout, scores, token_rewards = module.training_rollout, module.scores, ppo_module.token_rewards
 
     def spy_rollout(prompts, *a, **kw):
         seen.setdefault("prompts", list(prompts))
@@ -233,7 +286,7 @@ def test_samples_per_prompt_with_a_prompt_baseline(tmp_path, pm_path, monkeypatc
         seen["optimized"] = s.clone()
         return token_rewards(s, *a, **kw)
 
-    monkeypatch.setattr(module, "rollout", spy_rollout)
+    monkeypatch.setattr(module, "training_rollout", spy_rollout)
     monkeypatch.setattr(module, "scores", spy_scores)
     monkeypatch.setattr(ppo_module, "token_rewards", spy_rewards)
     fit(module, cfg, ppo)

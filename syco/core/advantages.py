@@ -20,6 +20,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def token_mean(x: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Sum of the unmasked entries over `tokens` (None: their count, i.e. `masked_mean`). With the
+    token count of a whole mini-batch, the parts of it (micro-batches, ranks) add up to its mean:
+    gradient accumulation and data parallelism then give the gradient of one large batch."""
+    if tokens is None:
+        return masked_mean(x, mask)
+    if float(tokens) <= 0:
+        raise ValueError(f"token_mean over {float(tokens)} tokens")
+    return (x * mask.to(x.dtype)).sum() / torch.as_tensor(tokens, dtype=x.dtype, device=x.device)
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)

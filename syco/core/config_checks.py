@@ -363,6 +363,8 @@ def _ppo(c: Checker, needs_pm: bool) -> None:
         c.integer(f"ppo.{key}", 1)
     c.integer("ppo.batch_size", 2, todo="advantages are whitened over the batch; e.g. ppo.batch_size=8")
     c.integer("ppo.forward_batch_size", 1, optional=True, todo="e.g. ppo.forward_batch_size=8, or null")
+    if c.integer("ppo.generation_batch_size", 1, optional=True, todo="e.g. ppo.generation_batch_size=null") is not None:
+        c.divides("ppo.generation_batch_size", "ppo.batch_size")
     c.integer("ppo.eval.max_new_tokens", 1, optional=True, todo="e.g. ppo.eval.max_new_tokens=32, or null")
     c.integer("ppo.optimizer.warmup_steps", 0)
     c.divides("ppo.mini_batch_size", "ppo.batch_size")
@@ -378,6 +380,12 @@ def _ppo(c: Checker, needs_pm: bool) -> None:
         c.number(f"ppo.{key}", 0.0, 1.0, todo=f"e.g. ppo.{key}=0.95")
     for key in ("clip_range", "clip_range_value", "vf_coef"):
         c.number(f"ppo.{key}", 0.0, low_open=True, todo=f"e.g. ppo.{key}=0.2")
+    strategy = c.get("trainer.strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, Mapping) else str(strategy)
+    if "fsdp" in name.lower():
+        c.add("trainer.strategy", name, "PPO runs under DDP, not FSDP (each rank generates rollouts of its own "
+              "length, which sharded forwards cannot do in lock-step; policy and value are LoRA adapters, small to "
+              "replicate)", "use trainer=ddp (trainer=fsdp is for task=pm)")
     for key in ("prompts", "eval_prompts"):
         c.integer(f"ppo.{key}.limit", 1, optional=True, todo=f"e.g. ppo.{key}.limit=16, or null for all")
         c.fraction(f"ppo.{key}.heldout_fraction", optional=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from syco.core.advantages import masked_mean
+from syco.core.advantages import token_mean
 from syco.core.indexing import last_token_index
 
 
@@ -22,31 +22,36 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_range: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))."""
+                clip_range: float = 0.2, tokens: torch.Tensor | float | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+    `tokens`: the mini-batch's token count when these rows are a part of it (see `token_mean`);
+    the statistics are then that part's share of the mini-batch mean too."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = token_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), mask),
-            "approxkl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio": masked_mean(ratio, mask),
+            "clipfrac": token_mean((clipped > unclipped).to(logprobs.dtype), mask, tokens),
+            "approxkl": token_mean(0.5 * log_ratio**2, mask, tokens),
+            "ratio": token_mean(ratio, mask, tokens),
         }
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_range_value: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+               clip_range_value: float = 0.2, tokens: torch.Tensor | float | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2) (`tokens`: as in
+    `policy_loss`)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     unclipped = (values - returns) ** 2
     clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * token_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((clipped > unclipped).to(values.dtype), mask)}
+        stats = {"clipfrac": token_mean((clipped > unclipped).to(values.dtype), mask, tokens)}
     return loss, stats
 
 

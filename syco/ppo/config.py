@@ -67,6 +67,9 @@ class PPOConfig:
     mini_batch_size: int = 4  # rows per optimizer step
     gradient_accumulation_steps: int = 1  # micro-batches per mini-batch
     forward_batch_size: int | None = None  # rows per no-grad forward in a rollout (None: mini_batch_size)
+    # rows per generate call, each seeded by its place in the global batch (None: batch_size, one call).
+    # One process with batch_size = n x b and this = b draws what n processes with batch_size = b draw.
+    generation_batch_size: int | None = None
     ppo_epochs: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0  # sampling and every log-prob use logits / temperature (top_k=0, top_p=1)
@@ -134,6 +137,9 @@ class PPOConfig:
         need(self.gradient_accumulation_steps >= 1 and self.mini_batch_size % self.gradient_accumulation_steps == 0,
              f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide "
              f"mini_batch_size={self.mini_batch_size}")
+        need(self.generation_batch_size is None or (self.generation_batch_size >= 1
+                                                    and self.batch_size % self.generation_batch_size == 0),
+             f"generation_batch_size={self.generation_batch_size} must divide batch_size={self.batch_size}")
         need(self.temperature > 0, "temperature must be > 0 (sampling and log-probs both use logits / temperature)")
         need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
         need(self.kl.estimator in ESTIMATORS, f"kl.estimator must be one of {ESTIMATORS}")

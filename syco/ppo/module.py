@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from transformers import get_scheduler
 
-from syco.core.advantages import gae, leave_one_out_baseline, masked_mean, masked_moments, masked_whiten
+from syco.core.advantages import gae, leave_one_out_baseline, masked_moments, masked_whiten, token_mean
 from syco.core.kl import kl_per_token
 from syco.core.ppo import entropy_from_logits, policy_loss, token_rewards, value_loss
 from syco.data.chat import Prompt
@@ -27,10 +29,15 @@ from syco.ppo.config import PPOConfig
 from syco.ppo.model import POLICY, VALUE, ActorCritic
 from syco.ppo.prompts import step_prompts
 from syco.ppo.rewards import RunningMoments, pm_scores, shape_scores
-from syco.ppo.rollout import Rollout, evaluate, sample, token_logprobs
+from syco.ppo.rollout import Rollout, concat, evaluate, sample, token_logprobs
 from syco.tracking import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+COUNTS = ("val/num_eos_tokens",)  # step metrics summed over ranks (the rest are averaged)
+# the update statistics summed over a mini-batch's micro-batches and ranks (each a token mean over it)
+UPDATE_STATS = ("policy/approxkl_avg", "policy/clipfrac_avg", "policy/entropy_avg", "loss/policy_avg",
+                "loss/value_avg", "val/clipfrac_avg", "val/ratio")
 
 
 def _seed(*parts: int) -> int:
@@ -102,6 +109,17 @@ class PPOModule(L.LightningModule):
         r = sample(self.ac, prompts, max_new_tokens or self.cfg.max_new_tokens, t, seed)
         return evaluate(self.ac, r, t, self.cfg.forward_batch_size or self.cfg.mini_batch_size, values=values)
 
+    def training_rollout(self, prompts: Sequence[Prompt], step: int, rank: int) -> Rollout:
+        """This rank's rollout of PPO step `step`, generated in calls of `generation_batch_size` rows,
+        each seeded by its place in the global batch: the same draws in one process as in several."""
+        cfg = self.cfg
+        size = cfg.generation_batch_size or len(prompts)
+        first = rank * len(prompts) // size
+        parts = [sample(self.ac, prompts[i:i + size], cfg.max_new_tokens, cfg.temperature,
+                        _seed(self.seed, step, first + j)) for j, i in enumerate(range(0, len(prompts), size))]
+        rollout = concat(parts, self.ac.tokenizer.pad_token_id)
+        return evaluate(self.ac, rollout, cfg.temperature, cfg.forward_batch_size or cfg.mini_batch_size)
+
     def scores(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw PM scores, the shaped scores PPO optimizes), on the module's device."""
         raw = pm_scores(self.pm, rollout.prompts, rollout.responses, self.cfg.reward)
@@ -122,7 +140,7 @@ class PPOModule(L.LightningModule):
         k = cfg.samples_per_prompt
         prompts = [p for p in step_prompts(self.prompts, self.ppo_step, cfg.batch_size // k, self.seed, rank, world)
                    for _ in range(k)]  # consecutive groups of k samples of one prompt
-        rollout = self.rollout(prompts, seed=_seed(self.seed, step, rank))
+        rollout = self.training_rollout(prompts, step, rank)
         raw, scores = self.scores(rollout)
         mask = rollout.response_mask.float()
         kl = kl_per_token(rollout.logprobs, rollout.ref_logprobs, cfg.kl.estimator) * mask
@@ -169,57 +187,91 @@ class PPOModule(L.LightningModule):
         evaluated = {}
         if step % cfg.eval.every == 0 or step == cfg.total_steps:
             evaluated = self.evaluate_and_save(step)  # logs its own row (see there)
+        metrics = self._global(metrics)
         for name, value in metrics.items():
-            reduce = "sum" if name == "val/num_eos_tokens" else "mean"
-            self.log(name, value.float().to(self.device), on_step=True, on_epoch=False, sync_dist=True,
-                     batch_size=cfg.batch_size, reduce_fx=reduce,
+            self.log(name, value, on_step=True, on_epoch=False, batch_size=cfg.batch_size,
                      prog_bar=name in ("objective/scores", "objective/kl"))
         self.last_metrics = {**{k: float(v) for k, v in metrics.items()}, **evaluated}
 
     def ppo_update(self, rollout: Rollout, step: int) -> dict[str, torch.Tensor]:
-        """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimizer step each."""
+        """`ppo_epochs` passes over the global batch in shuffled mini-batches, one optimizer step each.
+
+        The shuffle is one permutation of the global batch on every rank (a shared seed), and a
+        mini-batch's loss is the mean over all of its tokens, whichever rank holds them: with
+        `mini_batch_size` rows per device, n processes take the optimizer steps one process takes
+        with n times the batch and mini-batch (same shuffle, same gradients)."""
         cfg = self.cfg
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = self.trainable_parameters()
+        world = self.trainer.world_size if self.attached else 1
+        n, first = len(rollout), self.global_rank * len(rollout)
+        lengths = self._gather(rollout.lengths).cpu()  # every row's token count: each mini-batch's total
         generator = torch.Generator().manual_seed(_seed(self.seed, step, 7))
-        acc: dict[str, list[torch.Tensor]] = {}
+        sums, norms = [], []
         if self.ac.model_cfg.get("gradient_checkpointing"):
             self.ac.peft.train()  # HF checkpoints activations only in train mode (dropout is 0 in PPO)
         for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(len(rollout), generator=generator)
-            for mb, mini in enumerate(order.split(cfg.mini_batch_size)):
-                for micro in mini.split(cfg.micro_batch_size):
-                    part = rollout.select(micro)
-                    loss, stats = self._loss(part)
-                    self._check(step, {"policy loss": stats["loss/policy_avg"], "value loss": stats["loss/value_avg"]},
-                                where=f" (PPO epoch {epoch}, mini-batch {mb})")
-                    self.manual_backward(loss / cfg.gradient_accumulation_steps)
-                    for k, v in stats.items():
-                        acc.setdefault(k, []).append(v)
+            order = torch.randperm(n * world, generator=generator)
+            for mb, mini in enumerate(order.split(cfg.mini_batch_size * world)):
+                where = f" (PPO epoch {epoch}, mini-batch {mb})"
+                rows = mini[(mini >= first) & (mini < first + n)] - first
+                sums.append(self._backward(rollout, rows, lengths[mini].sum().double(), world, step, where))
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                self._check(step, {"gradient norm": norm}, where=f" (PPO epoch {epoch}, mini-batch {mb})")
-                acc.setdefault("policy/grad_norm", []).append(norm.detach())
+                self._check(step, {"gradient norm": norm}, where=where)
+                norms.append(norm.detach().float().cpu())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
         self.ac.eval()
-        out = {k: torch.stack(v).mean() for k, v in acc.items()}
-        ratios = torch.stack(acc["val/ratio"])
-        out["val/ratio_var"] = ratios.var() if ratios.numel() > 1 else torch.zeros(())
+        # each mini-batch's token means (every rank's share added up), averaged over the mini-batches
+        per_mini = self._all_sum(torch.stack(sums))
+        out = {k: per_mini[:, i].mean().float() for i, k in enumerate(UPDATE_STATS)}
+        ratios = per_mini[:, UPDATE_STATS.index("val/ratio")]
+        out["val/ratio_var"] = ratios.var().float() if ratios.numel() > 1 else torch.zeros(())
+        out["policy/grad_norm"] = torch.stack(norms).mean()
         return out
 
-    def _loss(self, part: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _backward(self, rollout: Rollout, rows: torch.Tensor, tokens: torch.Tensor, world: int, step: int,
+                  where: str) -> torch.Tensor:
+        """Gradients of this rank's `rows` of a mini-batch of `tokens` tokens in all, in micro-batches;
+        returns their share of the mini-batch's statistics (`UPDATE_STATS`). DDP averages gradients
+        over ranks, hence the loss times the world size. Exactly one backward per rank syncs them
+        (the last); a rank holding no row of the mini-batch syncs a zero-weight one."""
+        cfg = self.cfg
+        if len(rows) == 0:
+            loss, _ = self._loss(rollout.select([0]), tokens)
+            self.manual_backward(loss * 0.0)
+            return torch.zeros(len(UPDATE_STATS), dtype=torch.float64)
+        micros = rows.split(cfg.micro_batch_size)
+        total = torch.zeros(len(UPDATE_STATS), dtype=torch.float64)
+        for i, micro in enumerate(micros):
+            loss, stats = self._loss(rollout.select(micro), tokens)
+            self._check(step, {"policy loss": stats["loss/policy_avg"], "value loss": stats["loss/value_avg"]},
+                        where=where)
+            with nullcontext() if i == len(micros) - 1 else self._no_sync():
+                self.manual_backward(loss * world)
+            total += torch.stack([stats[k].detach().double().cpu() for k in UPDATE_STATS])
+        return total
+
+    def _no_sync(self) -> AbstractContextManager[Any]:
+        """Gradients accumulate locally inside (DDP syncs them at the next backward outside)."""
+        strategy = self.trainer.strategy if self.attached else None
+        return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
+
+    def _loss(self, part: Rollout, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Clipped policy loss + vf_coef * clipped value loss on the rows `part`, as their share of a
+        mini-batch of `tokens` tokens (None: their own token mean)."""
         cfg, ac = self.cfg, self.ac
         n_resp = part.response_ids.shape[1]
         mask = part.response_mask
         with ac.adapter(POLICY):
             logits = ac.response_logits(part.input_ids, part.attention_mask, n_resp, cfg.temperature)
         logprobs = token_logprobs(logits, part.response_ids)
-        pg_loss, pg = policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range)
+        pg_loss, pg = policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range, tokens)
         values = ac.response_values(part.input_ids, part.attention_mask, n_resp)
-        vf_loss, vf = value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+        vf_loss, vf = value_loss(values, part.values, part.returns, mask, cfg.clip_range_value, tokens)
         with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits.detach()), mask)
+            entropy = token_mean(entropy_from_logits(logits.detach()), mask, tokens)
         stats = {"policy/approxkl_avg": pg["approxkl"], "policy/clipfrac_avg": pg["clipfrac"],
                  "policy/entropy_avg": entropy, "loss/policy_avg": pg_loss.detach(),
                  "loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf["clipfrac"], "val/ratio": pg["ratio"]}
@@ -236,6 +288,17 @@ class PPOModule(L.LightningModule):
                     f"PPO step {step}{where}: non-finite {name} ({example}); stopping before the step is saved. "
                     f"The last good checkpoint ({self.run_dir / 'checkpoints' / 'last.ckpt'}) and policy adapters "
                     f"({self.run_dir / 'policy'}) are untouched.")
+
+    def _global(self, metrics: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step's metrics over the global batch, the same on every rank (logged and written to
+        metrics.json alike): rank means averaged (every rank holds batch_size rows), counts summed."""
+        names = list(metrics)
+        local = torch.stack([metrics[k].detach().float().cpu() for k in names])
+        world = self.trainer.world_size if self.attached else 1
+        if world > 1:
+            total = self._all_sum(local.to(self.device)).cpu()
+            local = torch.stack([total[i] if k in COUNTS else total[i] / world for i, k in enumerate(names)])
+        return {k: local[i].to(self.device) for i, k in enumerate(names)}
 
     def _all_sum(self, value: torch.Tensor) -> torch.Tensor:
         if not self.attached or self.trainer.world_size == 1:

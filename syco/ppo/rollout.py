@@ -18,6 +18,10 @@ from syco.core.ppo import entropy_from_logits
 from syco.data.chat import Prompt
 from syco.ppo.model import ActorCritic
 
+# [batch, R] fields, right-padded like the response
+RESPONSE_FIELDS = ("response_ids", "response_mask", "logprobs", "ref_logprobs", "values", "entropy", "advantages",
+                   "returns")
+
 
 @dataclass
 class Rollout:
@@ -66,11 +70,39 @@ class Rollout:
         keep_r = int(out["response_mask"].sum(1).max())
         for name in ("prompt_ids", "prompt_mask"):
             out[name] = out[name][:, out[name].shape[1] - keep_p:]
-        for name in ("response_ids", "response_mask", "logprobs", "ref_logprobs", "values", "entropy", "advantages",
-                     "returns"):
+        for name in RESPONSE_FIELDS:
             if out[name] is not None:
                 out[name] = out[name][:, :keep_r]
         return Rollout(**out)
+
+
+def concat(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """The rows of `parts`, in order, as one Rollout: prompts left-padded and responses right-padded
+    (ids with `pad_id`, everything else with 0) to the widest part."""
+    if not parts:
+        raise ValueError("concat of no rollouts")
+    if len(parts) == 1:
+        return parts[0]
+    width_p = max(r.prompt_ids.shape[1] for r in parts)
+    width_r = max(r.response_ids.shape[1] for r in parts)
+    out: dict[str, object] = {}
+    for f in fields(Rollout):
+        values = [getattr(r, f.name) for r in parts]
+        if isinstance(values[0], list):
+            out[f.name] = [x for v in values for x in v]
+        elif all(v is None for v in values):
+            out[f.name] = None
+        elif any(v is None for v in values):
+            raise ValueError(f"concat: {f.name} is set in some rollouts and not in others")
+        elif f.name in ("prompt_ids", "prompt_mask"):
+            fill = pad_id if f.name == "prompt_ids" else 0
+            out[f.name] = torch.cat([torch.nn.functional.pad(v, (width_p - v.shape[1], 0), value=fill) for v in values])
+        elif f.name in RESPONSE_FIELDS:
+            fill = pad_id if f.name == "response_ids" else 0
+            out[f.name] = torch.cat([torch.nn.functional.pad(v, (0, width_r - v.shape[1]), value=fill) for v in values])
+        else:
+            out[f.name] = torch.cat(values)
+    return Rollout(**out)  # type: ignore[arg-type]
 
 
 def stop_mask(response_ids: torch.Tensor, stop_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
