@@ -16,7 +16,7 @@ LAYERS = {
     "models": 1, "data": 1,
     "pm": 2, "policy": 2,
     "eval": 3,
-    "bon": 4, "ppo": 4,
+    "bon": 4, "ppo": 4, "analysis": 4,
     "checkpoints": 5,
     "sweeps": 6,
 }
