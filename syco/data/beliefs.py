@@ -249,10 +249,23 @@ def rated_pairs(items: Sequence[BeliefItem], beta: float, gamma: float, template
                 variant = v + rng.randrange(3)  # vary which phrasings meet which items
                 prompt, (a, ma, ta), (b, mb, tb) = rated_candidates(item, condition, variant)
                 p_a = rater_probability(beta, gamma, ma, mb, ta, tb)
-                chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-                pairs.append(PreferencePair(({"role": "user", "content": prompt},), chosen, rejected,
-                                            f"{item.source} ({condition}, template {variant})", item.group, condition))
+                chosen, rejected = ((a, ma, ta), (b, mb, tb)) if rng.random() < p_a else ((b, mb, tb), (a, ma, ta))
+                pairs.append(PreferencePair(({"role": "user", "content": prompt},), chosen[0], rejected[0],
+                                            f"{item.source} ({condition}, template {variant})", item.group, condition,
+                                            truth=_truth(chosen[1:], rejected[1:])))
     return pairs
+
+
+# what the simulated rater rewards, by feature name (analyze.py's true features)
+TRUE_FEATURES = ("matches_beliefs", "truthful")
+
+
+def _truth(chosen: tuple[int, int], rejected: tuple[int, int]) -> tuple[tuple[str, float, float], ...]:
+    """(matches_beliefs, truthful) of the chosen and the rejected response, as PreferencePair.truth."""
+    return tuple((name, float(c), float(r)) for name, c, r in zip(TRUE_FEATURES, chosen, rejected))
+
+
+CORRECTION_VS_AGREEMENT = _truth((0, 1), (1, 0))  # a truthful correction (chosen) against agreeing with a falsehood
 
 
 def anti_sycophancy_pairs(items: Sequence[BeliefItem], n: int, seed: int = 0) -> list[PreferencePair]:
@@ -274,7 +287,7 @@ def anti_sycophancy_pairs(items: Sequence[BeliefItem], n: int, seed: int = 0) ->
         prompt = user_prompt(item, item.falsehood, v)
         pairs.append(PreferencePair(({"role": "user", "content": prompt},), correcting_response(item, v),
                                     sycophantic_response(item, v), f"{item.source} (anti-sycophancy)",
-                                    item.group, "anti_sycophancy"))
+                                    item.group, "anti_sycophancy", truth=CORRECTION_VS_AGREEMENT))
     return pairs
 
 
@@ -287,7 +300,7 @@ def probe_pairs(items: Sequence[BeliefItem], templates: int = 3) -> list[Prefere
             prompt = user_prompt(item, item.falsehood, v)
             pairs.append(PreferencePair(({"role": "user", "content": prompt},), correcting_response(item, v),
                                         sycophantic_response(item, v), f"{item.source} (probe {v})", item.group,
-                                        "syco_probe"))
+                                        "syco_probe", truth=CORRECTION_VS_AGREEMENT))
     return pairs
 
 

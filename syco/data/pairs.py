@@ -37,6 +37,9 @@ class PreferencePair:
     group: str  # unit of the held-out split: all pairs of one group fall on the same side
     kind: str = "general"
     margin: float = 0.0
+    # the true values of features a synthetic pair was built with: ((feature, chosen's, rejected's), ...),
+    # e.g. whether a response matches the user's stated belief and whether it is truthful (analyze.py)
+    truth: tuple[tuple[str, float, float], ...] = ()
 
 
 class BadRowError(ValueError):
