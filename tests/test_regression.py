@@ -180,3 +180,13 @@ def test_zero_column_warns_and_intercept(caplog):
     q25, q75 = np.quantile(post.alpha[..., 1], [0.25, 0.75])
     assert abs((q75 - q25) - 2 * np.log(2)) < 0.25
     assert "intercept" in summarize(post, ["x", "zero"])
+
+
+def test_configure_jax_after_first_computation_warns(planted, caplog):
+    import jax
+
+    have = jax.local_device_count()
+    with caplog.at_level(logging.WARNING, logger="syco.analysis.regression"):
+        assert configure_jax(have + 1) is False  # too late: jax has run (the planted fit)
+    assert "after jax's first computation" in caplog.text
+    assert configure_jax(have) is True
