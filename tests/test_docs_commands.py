@@ -1,4 +1,4 @@
-"""Every `python train.py ...` / `python evaluate.py ...` command in README.md and docs/results/**/*.md
+"""Every `python train.py ...` / `evaluate.py ...` / `analyze.py ...` command in README.md and docs/results/**/*.md
 composes against conf/ as written (Hydra's compose API, `${hydra:...}` pinned as in conftest) and
 resolves: an unknown key, an unknown option or a key left unset fails, naming the file and line."""
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, compose_resolvable
 from omegaconf import OmegaConf
 
-ENTRY_POINTS = {"train.py": "train", "evaluate.py": "evaluate"}
+ENTRY_POINTS = {"train.py": "train", "evaluate.py": "evaluate", "analyze.py": "analyze"}
 PLACEHOLDER = re.compile(r"<[^<>\n]*>")  # <exported PM>, <run>, <standard|nonsyco>: a dummy path
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 CONTROL = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}

@@ -445,3 +445,32 @@ def check_eval_config(cfg: Mapping[str, Any]) -> None:
         c.number("checkpoints.z", 0.0, low_open=True, todo="e.g. checkpoints.z=1.96")
         c.integer("checkpoints.bootstrap_rounds", 1)
     c.raise_if_any()
+
+
+# --- analyze.py ------------------------------------------------------------------------------------
+def check_analyze_config(cfg: Mapping[str, Any]) -> None:
+    """analyze.py: the data, labels and regression options, checked before any pair or model is loaded."""
+    c = Checker(cfg, "analyze.py")
+    c.unset(["data", "labels", "analysis", "split"])
+    c.fraction("split.heldout_fraction")
+    c.choice("analysis.side", ("all", "train", "heldout"))
+    c.choice("labels.name", ("data", "pm"))
+    c.integer("analysis.max_pairs", 10, optional=True, todo="e.g. analysis.max_pairs=1000, or null for all")
+    for key in ("chains", "draws", "warmup"):
+        c.integer(f"analysis.{key}", 1)
+    c.number("analysis.holdout_fraction", 0.0, 1.0, low_open=True, high_open=True,
+             todo="e.g. analysis.holdout_fraction=0.2")
+    c.fraction("analysis.max_missing_fraction")
+    grid = c.get("analysis.prior_grid")
+    if not isinstance(grid, list) or not grid or not all(
+            (x := _as_float(v)) is not None and math.isfinite(x) and x > 0 for v in grid):
+        c.add("analysis.prior_grid", grid, "must be a non-empty list of Laplace scales > 0",
+              "e.g. analysis.prior_grid=[0.01,0.1,1.0]")
+    features = c.get("analysis.features")
+    if not isinstance(features, list) or not features:
+        c.add("analysis.features", features, "must be a non-empty list of feature names or sets",
+              "e.g. analysis.features=[program,truth,lm]")
+    if c.get("labels.name") == "pm" and c.get("pm.path") in (None, "", ABSENT):
+        c.add("pm.path", c.get("pm.path"), "labels=pm labels the pairs by a trained PM and none is given",
+              "e.g. python analyze.py labels=pm pm.path=outputs/<run>/pm")
+    c.raise_if_any()
