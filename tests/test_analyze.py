@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA, compose_config
+from conftest import REPO_ROOT, SHARED_DATA, compose_config, compose_resolvable
 from omegaconf import OmegaConf
 from test_wandb_runs import records
 
+from syco.analysis.runner import run
 from syco.core.config_checks import ConfigError, check_analyze_config
 from syco.pm.model import PreferenceModel
 
@@ -109,3 +110,17 @@ def test_unknown_feature_fails_in_one_line(tmp_path):
     proc = analyze(tmp_path / "run", "analysis.features=[longer,charisma]", home=tmp_path, check=False)
     assert proc.returncode == 1
     assert "unknown feature 'charisma'" in proc.stderr
+
+
+def test_an_annotator_that_answers_nothing_usable_stops_the_run_counted(tmp_path):
+    """Every answer under min_mass: the values are NaN, counted per reason, and past
+    analysis.max_missing_fraction the run stops naming the features and the annotator's failures;
+    the programmatic values computed meanwhile stay in the cache."""
+    cfg = compose_resolvable("analyze", ["annotator=smollm2", "analysis.max_pairs=12", "analysis.features=[longer,lm]",
+                                         "annotator.features=[empathetic,concise]", "annotator.min_mass=0.999",
+                                         f"analysis.feature_cache={tmp_path / 'cache'}"], tmp_path / "run")
+    cfg.annotator.model = compose_config("model/tiny").model
+    with pytest.raises(RuntimeError, match=r"100.0% of the pairs lack a feature value.*'empathetic': 12.*low_mass"):
+        run(cfg)
+    assert list((tmp_path / "cache").rglob("longer.jsonl")) and not list((tmp_path / "cache").rglob("empathetic.jsonl"))
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -1,0 +1,134 @@
+"""Summarize docs/results/analysis/run.sh's runs into summary.json: planted-coefficient coverage over
+seeds, the weak-prior fit against statsmodels' maximum likelihood on the same design, the data vs
+PM-label comparison, the hh-rlhf run's headline numbers, and how often the LM annotator agrees with
+the rules and the true values where they overlap.
+
+    python docs/results/analysis/coverage.py <output root of run.sh> --out docs/results/analysis/summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import statsmodels.api as sm
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads((path / "results.json").read_text())
+
+
+def planted(root: Path) -> dict[str, Any]:
+    runs = sorted((root / "planted").glob("seed*"))
+    rows, covered, excludes_zero = [], 0, 0
+    for run in runs:
+        r = load(run)
+        fit = r["label_sets"]["data"]
+        row = {"seed": run.name, "holdout_accuracy": fit["holdout_accuracy"], "prior_scale": fit["prior_scale"]}
+        for name, coef in fit["coefficients"].items():
+            a = coef["alpha"]
+            true = r["planted"].get(name, 0.0)  # every other feature has true weight 0 under the rater
+            inside = a["q2.5"] <= true <= a["q97.5"]
+            covered += inside
+            row[name] = {"median": a["median"], "q2.5": a["q2.5"], "q97.5": a["q97.5"], "true": true,
+                         "covered": inside, "r_hat": coef["r_hat"], "ess": coef["ess"]}
+            if name in r["planted"]:
+                excludes_zero += not (a["q2.5"] <= 0.0 <= a["q97.5"])
+        rows.append(row)
+    n_coef = sum(len(load(run)["label_sets"]["data"]["coefficients"]) for run in runs)
+    n_planted = sum(len(load(run)["planted"]) for run in runs)
+    return {"seeds": len(runs), "coverage_95": covered / n_coef, "intervals": n_coef,
+            "planted_excluding_zero": f"{excludes_zero}/{n_planted}", "runs": rows}
+
+
+def weak_prior(root: Path) -> dict[str, Any]:
+    run = root / "weak_prior"
+    r = load(run)
+    design = np.load(run / "design.npz")
+    train = ~design["holdout"]
+    mle = sm.Logit(design["y_data"][train], design["X"][train]).fit(disp=0)
+    names = [str(n) for n in design["names"]]
+    means = {n: r["label_sets"]["data"]["coefficients"][n]["alpha"]["mean"] for n in names}
+    diff = {n: float(means[n] - mle.params[i]) for i, n in enumerate(names)}
+    return {"prior_scale": r["label_sets"]["data"]["prior_scale"], "posterior_mean": means,
+            "mle": {n: float(mle.params[i]) for i, n in enumerate(names)},
+            "max_abs_difference": max(abs(v) for v in diff.values()), "difference": diff}
+
+
+def pm_labels(root: Path) -> dict[str, Any] | None:
+    run = root / "pm_labels"
+    if not (run / "results.json").is_file():
+        return None
+    r = load(run)
+    out = {"pairs": r["pairs"], "planted": r["planted"], "pm_labels": r["pm_labels"]}
+    for label, fit in r["label_sets"].items():
+        out[label] = {name: fit["coefficients"][name]["alpha"] for name in r["planted"]}
+        out[label]["holdout_accuracy"] = fit["holdout_accuracy"]
+    return out
+
+
+def hh(root: Path) -> dict[str, Any] | None:
+    run = root / "hh_smollm2"
+    if not (run / "results.json").is_file():
+        return None
+    r = load(run)
+    fit = r["label_sets"]["data"]
+    lm = {n: p for n, p in r["feature_provenance"].items() if p["kind"] == "lm"}
+    return {"pairs": r["pairs"], "holdout_accuracy": fit["holdout_accuracy"], "prior_scale": fit["prior_scale"],
+            "wall_time_s": r["wall_time_s"], "annotator": r["annotator"], "annotator_failures": r["annotator_failures"],
+            "dropped_zero_features": r["dropped_zero_features"],
+            "lm_nonzero_fraction": {n: p["nonzero_fraction"] for n, p in lm.items()},
+            "p_median": {n: c["p"]["median"] for n, c in fit["coefficients"].items()}}
+
+
+# (LM feature, reference feature, sign): where the reference (a rule or a true value) says which response
+# shows the thing, does the annotator say so too?
+OVERLAPS = [("concise", "longer", -1), ("optimistic", "more_positive", 1), ("structured", "uses_lists", 1),
+            ("matches_beliefs_explicit", "agrees_with_stated_belief", 1), ("agrees_with_user", "agrees_with_stated_belief", 1),
+            ("matches_beliefs_explicit", "true_matches_beliefs", 1), ("agrees_with_user", "true_matches_beliefs", 1),
+            ("truthful", "true_truthful", 1)]
+
+
+def annotator_agreement(run: Path) -> dict[str, Any] | None:
+    """Per overlap: pairs where the reference is nonzero, the fraction where the annotator gives the
+    same sign, where it gives the opposite one and where it says 0; and the annotator's share of 0s."""
+    if not (run / "design.npz").is_file():
+        return None
+    d = np.load(run / "design.npz")
+    names = [str(n) for n in d["names"]]
+    X = d["X"]
+    out: dict[str, Any] = {}
+    for lm, ref, sign in OVERLAPS:
+        if lm not in names or ref not in names:
+            continue
+        a, b = X[:, names.index(lm)], sign * X[:, names.index(ref)]
+        on = b != 0
+        if not on.any():
+            continue
+        out[f"{lm} vs {ref}"] = {"pairs": int(on.sum()), "same": float((a[on] == b[on]).mean()),
+                                 "opposite": float((a[on] == -b[on]).mean()), "zero": float((a[on] == 0).mean())}
+    lm_cols = [i for i, n in enumerate(names) if n not in {r for _, r, _ in OVERLAPS} and not n.startswith("true_")]
+    out["lm_zero_fraction"] = float((X[:, lm_cols] == 0).mean()) if lm_cols else None
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    summary = {"planted": planted(args.root), "weak_prior_vs_mle": weak_prior(args.root),
+               "pm_labels": pm_labels(args.root), "hh_rlhf": hh(args.root),
+               "annotator_vs_rules_hh": annotator_agreement(args.root / "hh_smollm2"),
+               "annotator_vs_truth_beliefs": annotator_agreement(args.root / "beliefs_smollm2")}
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({"coverage_95": summary["planted"]["coverage_95"],
+                      "planted_excluding_zero": summary["planted"]["planted_excluding_zero"],
+                      "weak_prior_max_abs_difference": summary["weak_prior_vs_mle"]["max_abs_difference"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
