@@ -205,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     planted = planted_coefficients(cfg, kept)
     figure = forest_plot(fits, run_dir / "forest.png", planted,
-                         title=f"{cfg.run_name}: {len(views)} pairs, holdout accuracy "
+                         title=f"{cfg.run_name}: {len(views)} pairs\nholdout accuracy "
                                + ", ".join(f"{k} {v['holdout_accuracy']:.3f}" for k, v in fits.items()))
     results = {
         "pairs": len(views), "side": cfg.analysis.side, "kinds": _counts(v.kind for v in views),
