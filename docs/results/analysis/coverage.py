@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 import statsmodels.api as sm
 
+from syco.analysis.report import forest_plot
+
+# runs whose results.json is kept beside the write-up (as <name>.analysis.json) with its forest plot
+KEPT = {"planted_seed0": "planted/seed0", "weak_prior": "weak_prior", "pm_labels": "pm_labels",
+        "hh_smollm2": "hh_smollm2", "beliefs_smollm2": "beliefs_smollm2",
+        "beliefs_smollm2_margin0": "beliefs_smollm2_margin0"}
+
 
 def load(path: Path) -> dict[str, Any]:
     return json.loads((path / "results.json").read_text())
@@ -70,14 +77,15 @@ def pm_labels(root: Path) -> dict[str, Any] | None:
     return out
 
 
-def hh(root: Path) -> dict[str, Any] | None:
-    run = root / "hh_smollm2"
+def hh(root: Path, name: str = "hh_smollm2") -> dict[str, Any] | None:
+    run = root / name
     if not (run / "results.json").is_file():
         return None
     r = load(run)
     fit = r["label_sets"]["data"]
     lm = {n: p for n, p in r["feature_provenance"].items() if p["kind"] == "lm"}
     return {"pairs": r["pairs"], "holdout_accuracy": fit["holdout_accuracy"], "prior_scale": fit["prior_scale"],
+            "computed": {n: p["computed"] for n, p in r["feature_provenance"].items()},
             "wall_time_s": r["wall_time_s"], "annotator": r["annotator"], "annotator_failures": r["annotator_failures"],
             "dropped_zero_features": r["dropped_zero_features"],
             "lm_nonzero_fraction": {n: p["nonzero_fraction"] for n, p in lm.items()},
@@ -110,9 +118,26 @@ def annotator_agreement(run: Path) -> dict[str, Any] | None:
             continue
         out[f"{lm} vs {ref}"] = {"pairs": int(on.sum()), "same": float((a[on] == b[on]).mean()),
                                  "opposite": float((a[on] == -b[on]).mean()), "zero": float((a[on] == 0).mean())}
-    lm_cols = [i for i, n in enumerate(names) if n not in {r for _, r, _ in OVERLAPS} and not n.startswith("true_")]
-    out["lm_zero_fraction"] = float((X[:, lm_cols] == 0).mean()) if lm_cols else None
+    prov = json.loads((run / "results.json").read_text())["feature_provenance"]
+    lm = [p["nonzero_fraction"] for p in prov.values() if p["kind"] == "lm"]
+    out["lm_zero_fraction"] = 1.0 - float(np.mean(lm)) if lm else None  # every LM value, kept features or not
     return out
+
+
+def keep(root: Path, here: Path) -> list[str]:
+    """Copy each kept run's results.json beside the write-up and draw its forest plot from that copy."""
+    kept = []
+    for name, sub in KEPT.items():
+        src = root / sub / "results.json"
+        if not src.is_file():
+            continue
+        r = json.loads(src.read_text())
+        (here / f"{name}.analysis.json").write_text(json.dumps(r, indent=1) + "\n")
+        accuracy = ", ".join(f"{k} {v['holdout_accuracy']:.3f}" for k, v in r["label_sets"].items())
+        forest_plot(r["label_sets"], here / f"forest_{name}.png", r["planted"],
+                    title=f"{name}: {r['pairs']} pairs\nholdout accuracy {accuracy}")
+        kept.append(name)
+    return kept
 
 
 def main() -> None:
@@ -122,9 +147,12 @@ def main() -> None:
     args = ap.parse_args()
     summary = {"planted": planted(args.root), "weak_prior_vs_mle": weak_prior(args.root),
                "pm_labels": pm_labels(args.root), "hh_rlhf": hh(args.root),
-               "annotator_vs_rules_hh": annotator_agreement(args.root / "hh_smollm2"),
-               "annotator_vs_truth_beliefs": annotator_agreement(args.root / "beliefs_smollm2")}
+               "hh_rlhf_rerun_from_cache": hh(args.root, "hh_smollm2_cached"),
+               "annotator_vs_rules_hh": annotator_agreement(args.root / "hh_smollm2_cached"),
+               "annotator_vs_truth_beliefs": annotator_agreement(args.root / "beliefs_smollm2"),
+               "annotator_margin0_vs_truth_beliefs": annotator_agreement(args.root / "beliefs_smollm2_margin0")}
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    summary["kept"] = keep(args.root, args.out.parent)
     print(json.dumps({"coverage_95": summary["planted"]["coverage_95"],
                       "planted_excluding_zero": summary["planted"]["planted_excluding_zero"],
                       "weak_prior_max_abs_difference": summary["weak_prior_vs_mle"]["max_abs_difference"]}, indent=1))

@@ -20,13 +20,16 @@ for seed in 0 1 2 3 4 5 6 7 8 9; do
 done
 $PY analyze.py data=beliefs "$FEATURES" 'analysis.prior_grid=[10.0]' hydra.run.dir="$OUT/weak_prior"
 $PY analyze.py data=hh_rlhf annotator=smollm2 analysis.max_pairs=1000 logger=wandb hydra.run.dir="$OUT/hh_smollm2"
+# the same again: every feature value comes from the cache
+$PY analyze.py data=hh_rlhf annotator=smollm2 analysis.max_pairs=1000 hydra.run.dir="$OUT/hh_smollm2_cached"
 # the annotator against the true values: belief pairs, every feature set
 $PY analyze.py data=beliefs annotator=smollm2 analysis.max_pairs=300 hydra.run.dir="$OUT/beliefs_smollm2"
+# margin 0: the sign of P(A) - 0.5 (every value -1 or +1), to see whether its leaning agrees with the truth at all
+$PY analyze.py data=beliefs annotator=smollm2 annotator.margin=0.0 analysis.max_pairs=300 \
+    hydra.run.dir="$OUT/beliefs_smollm2_margin0"
 if [ -n "$STANDARD" ] && [ -n "$NONSYCO" ]; then
   $PY analyze.py data=beliefs analysis.side=heldout labels=pm "pm.path={standard:$STANDARD,nonsyco:$NONSYCO}" \
       "$FEATURES" hydra.run.dir="$OUT/pm_labels"
 fi
+# summary.json, and beside it <run>.analysis.json (a run's results.json) with its forest_<run>.png
 $PY $HERE/coverage.py "$OUT" --out $HERE/summary.json
-cp "$OUT/planted/seed0/forest.png" $HERE/forest_planted_seed0.png
-cp "$OUT/hh_smollm2/forest.png" $HERE/forest_hh_smollm2.png
-[ -f "$OUT/pm_labels/forest.png" ] && cp "$OUT/pm_labels/forest.png" $HERE/forest_pm_labels.png
