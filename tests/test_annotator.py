@@ -5,17 +5,15 @@ top logprobs from a stub endpoint and stops on a dead one, and the feature doc i
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 import socket
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose_config
+from http_stub import serve_json
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -155,29 +153,13 @@ def reply(text: str | None, top: dict[str, float] | None = None) -> dict:
 def stub():
     state = Stub()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.requests.append(body)
-            status, payload = state.answer(body)
-            data = json.dumps(payload if status == 200 else {"error": {"message": "boom"}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, headers, body):
+        state.requests.append(body)
+        return state.answer(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serve_json(respond) as url:
+        state.url = url
+        yield state
 
 
 def openai(stub: Stub, monkeypatch, **kw) -> OpenAIAnnotator:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import compose_config
+from http_stub import serve_json
 from omegaconf import OmegaConf
 
 from syco.data.text import find, normalize
@@ -208,32 +207,16 @@ class Stub:
 def stub():
     state = Stub()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            status, content = state.script.pop(0) if state.script else state.answer(body)
-            payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": content}}]}
-                                 if status == 200 else {"error": {"message": "boom"}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def respond(path, headers, body):
+        state.requests.append({"path": path, "auth": headers.get("Authorization"), "body": body})
+        status, content = state.script.pop(0) if state.script else state.answer(body)
+        return status, {"id": "x", "object": "chat.completion", "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}]}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serve_json(respond) as url:
+        state.url = url
+        yield state
 
 
 def openai(stub: Stub, monkeypatch, **kw) -> OpenAIJudge:
