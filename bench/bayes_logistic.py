@@ -20,14 +20,14 @@ bare, syco, ... and the medians are compared; R-hat and bulk ESS are computed th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from worker import report, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -107,7 +107,7 @@ def main() -> None:
         r = (run_syco if args.worker == "syco" else run_bare)(args)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         r["cpu_seconds"] = ru.ru_utime + ru.ru_stime  # the whole process: imports and data too
-        print("RESULT " + json.dumps(r), flush=True)
+        report(r)
         return
 
     import numpy as np
@@ -121,13 +121,7 @@ def main() -> None:
     medians: dict[str, np.ndarray] = {}
     for rnd in range(args.rounds):
         for who in (("syco", "bare") if rnd % 2 == 0 else ("bare", "syco")):
-            proc = subprocess.run([sys.executable, __file__, "--worker", who, *passthrough], capture_output=True,
-                                  text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"{who} run failed (exit {proc.returncode})")
-            r = json.loads(line[7:])
+            r = run_worker(__file__, who, passthrough)
             alpha = np.asarray(r.pop("alpha"))
             r.update(max_r_hat=float(r_hat(alpha).max()), min_ess=float(bulk_ess(alpha).min()))
             r["ess_per_s"] = r["min_ess"] / r["seconds"]

@@ -14,14 +14,13 @@ prompt + chosen and prompt + rejected, so tokens/s and pairs/s ratios are the sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from worker import peak_rss_gb, report, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,10 +69,6 @@ def load_data(args: argparse.Namespace, tokenizer) -> list:
     if len(out) < need:
         raise SystemExit(f"only {len(out)} pairs fit max_length={args.max_length}; need {need}")
     return out[:need]
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def run_syco(args: argparse.Namespace) -> dict:
@@ -199,20 +194,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         result = (run_syco if args.worker == "syco" else run_trl)(args)
-        print("RESULT " + json.dumps(result), flush=True)
+        report(result)
         return
 
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "rounds")]
     results: dict[str, list[dict]] = {"syco": [], "trl": []}
     for rnd in range(args.rounds):
         for who in ("syco", "trl"):
-            proc = subprocess.run([sys.executable, __file__, "--worker", who, *passthrough], capture_output=True,
-                                  text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"{who} run failed (exit {proc.returncode})")
-            r = json.loads(line[7:])
+            r = run_worker(__file__, who, passthrough, {**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             results[who].append(r)
             print(f"round {rnd + 1} {who:4s}: {r['tokens_per_s']:7.1f} tokens/s  {r['pairs_per_s']:.3f} pairs/s  "
                   f"peak RSS {r['peak_rss_gb']:.2f} GB" + (f"  GPU {r['peak_gpu_gb']:.1f} GB" if "peak_gpu_gb" in r else ""),

@@ -13,22 +13,17 @@ model of its own) and samples, scores and updates. PM training is `task=pm`'s tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from worker import peak_rss_gb, report, run_worker
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def compose(args: argparse.Namespace, run_dir: Path, *overrides: str):
@@ -102,7 +97,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fn = {"export": lambda: run_export(args), "ppo": lambda: run_ppo(args, Path(tmp) / "run"),
                   "pm": lambda: run_pm(args, Path(tmp) / "run")}[args.worker]
-            print("RESULT " + json.dumps(fn()), flush=True)
+            report(fn())
         return
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -113,13 +108,7 @@ def main() -> None:
         passthrough += ["--pm-separate"] if args.pm_separate else []
 
         def worker(who: str) -> dict:
-            proc = subprocess.run([sys.executable, __file__, "--worker", who, *passthrough], capture_output=True,
-                                  text=True, env=env)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"{who} run failed (exit {proc.returncode})")
-            return json.loads(line[7:])
+            return run_worker(__file__, who, passthrough, env)
 
         worker("export")
         results: dict[str, list[dict]] = {"ppo": [], "pm": []}

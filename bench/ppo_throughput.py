@@ -24,16 +24,15 @@ is printed beside its samples/s (sampling seeds cannot be matched across the lib
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from worker import peak_rss_gb, report, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,10 +57,6 @@ What still differs (cost and algorithm), with the settings above equal:
 - Both TRL trainers load the PM as a model of its own beside the policy (a second base model in memory)
   and re-tokenize text for it; the reference is the policy with its LoRA adapter disabled, as in syco.
 - Sampling seeds differ, so the responses (and their lengths, printed) differ between sides."""
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def compose(args: argparse.Namespace, run_dir: Path):
@@ -226,7 +221,7 @@ def main() -> None:
             run_dir = Path(tmp) / "run"
             result = (run_export(args) if args.worker == "export" else run_syco(args, run_dir)
                       if args.worker == "syco" else run_trl(args, run_dir, args.worker))
-        print("RESULT " + json.dumps(result), flush=True)
+        report(result)
         return
 
     # no hub: TRL and transformers read only the local folders given to them
@@ -238,13 +233,7 @@ def main() -> None:
         def worker(who: str) -> dict:
             passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                            if k not in ("worker", "rounds", "trl") and v is not None]
-            proc = subprocess.run([sys.executable, __file__, "--worker", who, *passthrough], capture_output=True,
-                                  text=True, env=env)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"{who} run failed (exit {proc.returncode})")
-            return json.loads(line[7:])
+            return run_worker(__file__, who, passthrough, env)
 
         pm_name = args.pm or "untrained, on the SmolLM2 base (made for this run)"
         if args.pm is None:

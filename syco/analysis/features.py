@@ -269,7 +269,7 @@ def compute_features(views: Sequence[PairView], names: Sequence[str], cache: Fea
     if any(k == "lm" for k in kinds.values()) and annotator is None:
         raise ValueError(f"LM features {[n for n, k in kinds.items() if k == 'lm']} need an annotator "
                          "(annotator=smollm2 or annotator=openai), or leave them out (annotator=none)")
-    keys = [(v.key, v.flipped) for v in views]
+    keys = [pair_key(v.prompt, v.a, v.b) for v in views]  # (cache key, whether A is the second of its order)
     values = np.full((len(views), len(names)), np.nan, dtype=np.float64)
     computed = {n: 0 for n in names}
     failures: dict[str, dict[str, int]] = {n: {} for n in names}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from syco.data.beliefs import TRUE_FEATURES
 from syco.data.pairs import PreferencePair
 from syco.data.preference import build_preference_splits
 from syco.pm.model import load as load_pm
-from syco.tracking import Report, build_loggers, send, write_json_atomic
+from syco.tracking import Report, build_loggers, pm_variant, send, write_json_atomic
 
 log = logging.getLogger(__name__)
 SIDES = ("all", "train", "heldout")
@@ -96,10 +97,7 @@ def pm_paths(value: Any) -> dict[str, str]:
         raise ValueError("labels=pm needs pm.path=<exported PM folder> (or pm.path={name: folder, ...})")
     if isinstance(value, Mapping):
         return {f"pm:{k}": str(v) for k, v in value.items()}
-    path = Path(str(value))
-    meta = path / "syco_pm.json"
-    variant = OmegaConf.load(meta).get("variant") if meta.is_file() else None
-    return {f"pm:{variant or path.name}": str(path)}
+    return {f"pm:{pm_variant(value) or Path(str(value)).name}": str(value)}
 
 
 def pm_labels(views: Sequence[PairView], path: str, cfg: DictConfig) -> tuple[np.ndarray, dict[str, float]]:
@@ -207,12 +205,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     figure = forest_plot(fits, run_dir / "forest.png", planted,
                          title=f"{cfg.run_name}: {len(views)} pairs\nholdout accuracy "
                                + ", ".join(f"{k} {v['holdout_accuracy']:.3f}" for k, v in fits.items()))
+    feature_kinds = {n: feature_kind(n, list(LM_FEATURES)) for n in names}
     results = {
-        "pairs": len(views), "side": cfg.analysis.side, "kinds": _counts(v.kind for v in views),
+        "pairs": len(views), "side": cfg.analysis.side, "kinds": dict(Counter(v.kind for v in views)),
         "dropped_incomplete": int((~complete).sum()), "features": kept, "dropped_zero_features": dropped_zero,
-        "feature_provenance": {n: {"kind": feature_kind(n, list(LM_FEATURES)), "computed": matrix.computed[n],
-                                   "cached": len(complete) - matrix.computed[n] if feature_kind(
-                                       n, list(LM_FEATURES)) != "true" else 0,
+        "feature_provenance": {n: {"kind": feature_kinds[n], "computed": matrix.computed[n],
+                                   "cached": len(complete) - matrix.computed[n] if feature_kinds[n] != "true" else 0,
                                    "unusable": matrix.failures[n].get("unusable", 0),
                                    "nonzero_fraction": float((matrix.values[complete][:, j] != 0).mean())}
                                for j, n in enumerate(names)},
@@ -230,11 +228,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     send(loggers, Report(summary=summary, images=[figure],
                          tables={"coefficients": (COLUMNS, coefficient_rows(fits))}))
     return results
-
-
-def _counts(kinds: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for k in kinds:
-        out[k] = out.get(k, 0) + 1
-    return out
 
