@@ -1,5 +1,10 @@
 """PPO throughput and peak memory: `train.py task=ppo` steps against TRL's GRPOTrainer and RLOOTrainer.
 
+syco runs twice: with its default critic (`ppo.critic=separate`: a value adapter of its own) and with
+`ppo.critic=shared` (a value head on the policy's last hidden state, one forward fewer per rollout and
+per update); rows sampled from one prompt run it once in every forward (`ppo.share_prompts`, on by
+default) in both.
+
 All sides run the same policy (SmolLM2-135M-Instruct, syco's de-quantized safetensors cache folder,
 handed to TRL as the model path), the same LoRA (conf/model/smollm2.yaml's r/alpha/targets, dropout 0
 as syco's PPO forces), fp32, the same prompts in the same order (syco's PPO prompt source and its
@@ -38,10 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TRL_SIDES = ("grpo", "rloo")
+SYCO_SIDES = {"syco": "separate", "syco-shared": "shared"}  # side -> ppo.critic
 DIFFERENCES = """\
 What still differs (cost and algorithm), with the settings above equal:
 - syco PPO is actor-critic: a second LoRA adapter + value head on the same base gives per-token values
-  (one more forward over each rollout, and the value loss in the update), advantages by GAE (gamma,
+  (one more forward over each rollout, and the value loss in the update; syco-shared reads them off the
+  policy's forward with a head on its last hidden state), advantages by GAE (gamma,
   lambda) over token rewards, whitened over the batch; the KL to the reference (k1, ppo.kl.coef) is a
   per-token penalty inside the reward; clipped value loss (vf_coef). The PM is an adapter on the
   policy's base (one base model in memory); the reference is the base with adapters disabled.
@@ -59,7 +66,7 @@ What still differs (cost and algorithm), with the settings above equal:
 - Sampling seeds differ, so the responses (and their lengths, printed) differ between sides."""
 
 
-def compose(args: argparse.Namespace, run_dir: Path):
+def compose(args: argparse.Namespace, run_dir: Path, critic: str = "separate"):
     """The task=ppo config of this benchmark's settings (the TRL sides read theirs from it too)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -73,7 +80,7 @@ def compose(args: argparse.Namespace, run_dir: Path):
         f"ppo.max_new_tokens={args.max_new_tokens}", f"ppo.temperature={args.temperature}",
         # one step more than timed: evaluation runs at the last step, after the timed ones (see run_syco)
         f"ppo.total_steps={steps + 1}", "ppo.eval.at_start=false", f"ppo.eval.every={10**6}",
-        "ppo.eval_prompts.limit=2", f"ppo.checkpoint_every={10**6}",
+        "ppo.eval_prompts.limit=2", f"ppo.checkpoint_every={10**6}", f"ppo.critic={critic}",
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -99,12 +106,12 @@ def summarize(args: argparse.Namespace, marks: list[float], lengths: list[float]
             "peak_rss_gb": peak_rss_gb()}
 
 
-def run_syco(args: argparse.Namespace, run_dir: Path) -> dict:
+def run_syco(args: argparse.Namespace, run_dir: Path, critic: str) -> dict:
     import lightning as L
 
     from syco.ppo.training import build, fit, trainer_for
 
-    cfg = compose(args, run_dir)
+    cfg = compose(args, run_dir, critic)
     L.seed_everything(int(cfg.seed))
     module, ppo = build(cfg)
     steps = args.warmup + args.steps
@@ -203,7 +210,7 @@ def run_trl(args: argparse.Namespace, run_dir: Path, side: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", choices=["export", "syco", *TRL_SIDES])
+    ap.add_argument("--worker", choices=["export", *SYCO_SIDES, *TRL_SIDES])
     ap.add_argument("--trl", nargs="+", choices=TRL_SIDES, default=list(TRL_SIDES), help="TRL trainers to compare")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="timed PPO steps per run")
@@ -219,15 +226,16 @@ def main() -> None:
     if args.worker:
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
-            result = (run_export(args) if args.worker == "export" else run_syco(args, run_dir)
-                      if args.worker == "syco" else run_trl(args, run_dir, args.worker))
+            result = (run_export(args) if args.worker == "export" else
+                      run_syco(args, run_dir, SYCO_SIDES[args.worker]) if args.worker in SYCO_SIDES else
+                      run_trl(args, run_dir, args.worker))
         report(result)
         return
 
     # no hub: TRL and transformers read only the local folders given to them
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    sides = ["syco", *args.trl]
+    sides = [*SYCO_SIDES, *args.trl]
     with tempfile.TemporaryDirectory() as tmp:
 
         def worker(who: str) -> dict:
@@ -244,7 +252,7 @@ def main() -> None:
             for who in sides:
                 r = worker(who)
                 results[who].append(r)
-                print(f"round {rnd + 1} {who:4s}: {r['samples_per_s']:6.2f} samples/s  {r['response_tokens']:5.1f} "
+                print(f"round {rnd + 1} {who:11s}: {r['samples_per_s']:6.2f} samples/s  {r['response_tokens']:5.1f} "
                       f"tokens/response  peak RSS {r['peak_rss_gb']:.2f} GB  ({r['steps']} steps, {r['seconds']:.1f} s)",
                       flush=True)
 
@@ -255,14 +263,15 @@ def main() -> None:
           f"{args.batch // args.samples_per_prompt} prompts x {args.samples_per_prompt} samples; max_new_tokens="
           f"{args.max_new_tokens} temperature={args.temperature}; 1 update pass of 1 mini-batch per step; "
           f"warm-up steps={args.warmup}, timed steps/run={args.steps}, rounds={args.rounds}; PM: {pm_name}")
-    if not all(r.get("pm_adapter") for r in results["syco"]):
+    if not all(r.get("pm_adapter") for side in SYCO_SIDES for r in results[side]):
         print("note: syco loaded the PM as a model of its own (not trained on the policy's base), as TRL does")
-    print(f"{'':6s}{'samples/s':>11s}{'tokens/resp':>13s}{'peak RSS GB':>13s}")
+    print(f"{'':12s}{'samples/s':>11s}{'tokens/resp':>13s}{'peak RSS GB':>13s}")
     for w in sides:
-        print(f"{w:6s}{med[w]['samples_per_s']:11.2f}{med[w]['response_tokens']:13.1f}{med[w]['peak_rss_gb']:13.2f}")
-    for w in args.trl:
-        print(f"ratio syco/{w.upper()}: samples/s {med['syco']['samples_per_s'] / med[w]['samples_per_s']:.2f}x   "
-              f"peak RSS {med['syco']['peak_rss_gb'] / med[w]['peak_rss_gb']:.2f}x   (goal: >= 1.5x and <= 1.00x)")
+        print(f"{w:12s}{med[w]['samples_per_s']:11.2f}{med[w]['response_tokens']:13.1f}{med[w]['peak_rss_gb']:13.2f}")
+    for mine in SYCO_SIDES:
+        for w in args.trl:
+            print(f"ratio {mine}/{w.upper()}: samples/s {med[mine]['samples_per_s'] / med[w]['samples_per_s']:.2f}x   "
+                  f"peak RSS {med[mine]['peak_rss_gb'] / med[w]['peak_rss_gb']:.2f}x   (goal: >= 1.5x and <= 1.00x)")
     print("\n" + DIFFERENCES)
 
 

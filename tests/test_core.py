@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from syco.core.bradley_terry import bradley_terry_loss
-from syco.core.indexing import last_token_index
+from syco.core.indexing import last_token_index, prompt_groups
 from syco.core.packing import PAD_SEGMENT, PROMPT_SEGMENT, assign_rows, pack_rows, shared_prefix_attention_mask
 
 
@@ -302,3 +302,17 @@ def test_pack_rows_groups_never_see_each_other():
     assert not m[5:, :5].any()  # group 1 never sees group 0
     assert m[6, 5] and m[7, 5] and m[7, 6]  # its response sees its own prompt
     assert m[4, :2].all() and not m[4, 2]  # group 0's second response: prompt, not the first response
+
+
+def test_prompt_groups_number_prompts_in_order_of_first_appearance():
+    pad = 0
+    ids = torch.tensor([[pad, 7, 8], [5, 6, 9], [pad, 7, 8], [5, 6, 9], [pad, 7, 8], [pad, 0, 8]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]])
+    first, group = prompt_groups(ids, mask)
+    assert first.tolist() == [0, 1, 5] and group.tolist() == [0, 1, 0, 1, 0, 2]
+    # a real token equal to the pad id is another prompt than the padding
+    same_ids = prompt_groups(torch.tensor([[0, 8], [0, 8]]), torch.tensor([[0, 1], [1, 1]]))
+    assert same_ids is None
+    assert prompt_groups(ids[:2], mask[:2]) is None  # nothing shared: callers run rows whole
+    with pytest.raises(ValueError, match="one \\[batch, time\\] shape"):
+        prompt_groups(ids, mask[:, :2])

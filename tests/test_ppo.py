@@ -123,6 +123,43 @@ def test_sampling_has_no_processor_but_temperature(built):
     assert config.top_k == 0 and config.top_p == 1.0 and config.min_p == 0.0  # min_p 0 keeps every token
 
 
+def test_shared_prompt_forward_equals_whole_rows(tiny_model_cfg):
+    """Rows sampled from one prompt run it once (share_prompts): the same log-probs, values and
+    gradients as running every row whole, with prompts of different lengths (left padding) and
+    responses that stop early (right padding)."""
+    ac = ActorCritic.create(tiny_model_cfg, seed=0)
+    with torch.no_grad():  # trained-looking adapters: LoRA B is zero at the start
+        for p in ac.parameters_of(POLICY) + ac.parameters_of(VALUE):
+            p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
+    vocab = ac.tokenizer.vocab_size
+    ac.stop_ids = [*ac.stop_ids, *range(0, vocab, 7)]  # some responses end early
+    prompts = [p for p in PROMPTS[:3] for _ in range(3)]
+    r = sample(ac, prompts, 6, 1.0, seed=3)
+    assert len(set(r.lengths.tolist())) > 1 and r.prompt_mask.sum(1).unique().numel() == 3
+    n = r.response_ids.shape[1]
+    outputs = {}
+    for share in (False, True):
+        ac.share_prompts = share
+        ac.zero_grad(set_to_none=True)
+        with ac.adapter(POLICY):
+            logits = ac.response_logits(r.input_ids, r.attention_mask, n, 0.7)
+        values = ac.response_values(r.input_ids, r.attention_mask, n)
+        mask = r.response_mask.float()
+        ((logits.logsumexp(-1) * mask).sum() + (values * mask).sum()).backward()
+        grads = [p.grad.clone() for p in ac.parameters_of(POLICY) + ac.parameters_of(VALUE)]
+        outputs[share] = (logits.detach(), values.detach(), grads)
+    whole, shared = outputs[False], outputs[True]
+    m = r.response_mask.bool()
+    assert torch.allclose(shared[0][m], whole[0][m], atol=1e-5)
+    assert torch.allclose(shared[1][m], whole[1][m], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(shared[2], whole[2]))
+    assert any(g.abs().max() > 0 for g in shared[2][:2])
+    # the reference (adapters off) through the shared path stays equal to an untrained policy's
+    fresh = ActorCritic.create(tiny_model_cfg, seed=0)
+    r2 = evaluate(fresh, sample(fresh, prompts, 4, 1.0, seed=1), 1.0, len(prompts))
+    assert torch.equal(r2.logprobs, r2.ref_logprobs)
+
+
 def test_stop_mask_keeps_the_first_stop_token_and_masks_the_rest():
     ids = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [2, 5, 2, 6, 7], [5, 9, 6, 9, 1]])
     mask, has_stop = stop_mask(ids, [2, 9])
@@ -190,6 +227,46 @@ def test_one_step_changes_every_policy_lora_parameter_and_not_the_reference(tmp_
         assert name in logged, name
     assert logged["objective/kl"] == 0.0  # step 1 sampled from the starting policy
     assert logged["objective/rlhf_reward"] == pytest.approx(logged["objective/scores"])
+
+
+def test_shared_critic_reads_values_off_the_policy_forward_and_trains_both(tmp_path, pm_path):
+    """ppo.critic=shared: no value adapter; a rollout forwards the base twice (policy with values,
+    reference) instead of three times, and the value loss reaches the policy adapter too."""
+    forwards = {}
+    for critic in ("separate", "shared"):
+        cfg = ppo_cfg(tmp_path / critic, pm_path, "ppo.total_steps=1", "ppo.eval.at_start=false",
+                      f"ppo.critic={critic}", "ppo.share_prompts=false")
+        module, ppo = build(cfg)
+        ac = module.ac
+        decoder = ac.peft.get_base_model().model
+        drawn = sample(ac, PROMPTS, 4, 1.0, seed=0)
+        forwards[critic] = 0
+
+        def count(*_: object, side: str = critic) -> None:
+            forwards[side] += 1
+
+        hook = decoder.register_forward_hook(count)
+        evaluate(ac, drawn, 1.0, len(PROMPTS))
+        hook.remove()
+        if critic == "shared":
+            assert not [n for n, _ in ac.peft.named_parameters() if f".{VALUE}." in n]
+            assert ac.parameters_of(VALUE) == list(ac.value_head.parameters())
+            before = {i: p.detach().clone() for i, p in enumerate(module.trainable_parameters())}
+            r = module.rollout(PROMPTS, seed=0, max_new_tokens=4)
+            r.advantages = torch.zeros_like(r.logprobs)  # no policy-gradient signal: only the value loss moves
+            r.returns = r.values + 1.0
+            loss, stats = module._loss(r)
+            loss.backward()
+            torch.optim.SGD(module.trainable_parameters(), lr=1e-2).step()
+            moved = [i for i, p in enumerate(module.trainable_parameters()) if not torch.equal(p, before[i])]
+            policy_count = len(ac.parameters_of(POLICY))
+            assert any(i < policy_count for i in moved) and set(range(policy_count, len(before))) <= set(moved)
+            assert stats["loss/policy_avg"] == 0.0 and stats["loss/value_avg"] > 0
+            fit(module, cfg, ppo)  # a whole step runs
+            assert module.ppo_step == 1
+    assert forwards == {"separate": 3, "shared": 2}
+    with pytest.raises(ValueError, match="critic must be one of"):
+        PPOConfig.from_mapping({"critic": "joint"})
 
 
 def test_chunked_generation_draws_what_each_rank_draws_and_concat_keeps_log_probs(built):

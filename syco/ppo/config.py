@@ -11,6 +11,7 @@ from syco.core.kl import ESTIMATORS, AdaptiveKLController, FixedKLController
 
 NORMALIZE = ("none", "pm", "running")
 BASELINES = ("none", "prompt")
+CRITICS = ("separate", "shared")
 
 
 @dataclass
@@ -91,6 +92,11 @@ class PPOConfig:
     trust_remote_code: bool = False  # a PM loaded as a model of its own may run its base model's code
     lora: dict[str, Any] = field(default_factory=dict)  # overrides of model.lora for policy and value
     value_head_std: float | None = None  # None: 1 / sqrt(hidden + 1)
+    # separate: the value function is a LoRA adapter of its own (+ head); shared: a head on the
+    # policy's last hidden state (one forward gives log-probs and values; the value loss trains the
+    # policy's adapter too, weighted by vf_coef)
+    critic: str = "separate"
+    share_prompts: bool = True  # rows sampled from one prompt run it once per forward (same result, less work)
     checkpoint_every: int = 10  # PPO steps between Lightning checkpoints (last.ckpt)
 
     @classmethod
@@ -147,6 +153,7 @@ class PPOConfig:
         need(self.reward.padding_side in ("left", "right"), "reward.padding_side must be left or right")
         need(self.samples_per_prompt >= 1 and self.batch_size % self.samples_per_prompt == 0,
              f"samples_per_prompt={self.samples_per_prompt} must divide batch_size={self.batch_size}")
+        need(self.critic in CRITICS, f"critic must be one of {CRITICS}, got {self.critic!r}")
         need(self.reward.baseline in BASELINES, f"reward.baseline must be one of {BASELINES}")
         need(self.reward.baseline == "none" or self.samples_per_prompt >= 2,
              "reward.baseline=prompt needs samples_per_prompt >= 2 (the other samples of a prompt are its baseline)")

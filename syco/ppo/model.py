@@ -2,7 +2,8 @@
 scalar value head), the reference, and optionally the PMs.
 
 - policy: adapter "policy" (LoRA B starts at zero, so the policy starts equal to the base);
-- value: adapter "value" + `value_head` on the final hidden state;
+- value: adapter "value" + `value_head` on the final hidden state (critic "separate"), or
+  `value_head` on the policy's final hidden state (critic "shared");
 - reference: the base with adapters disabled, or, when the policy starts from a trained adapter
   (`init_adapter`), a frozen copy of it loaded as adapter "reference" (else the first KL is huge);
 - a PM exported on the same base loads as one more frozen adapter (`attach_pm`), so its backbone
@@ -21,7 +22,9 @@ from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
+from transformers import DynamicCache
 
+from syco.core.indexing import prompt_groups
 from syco.data.chat import ChatFormatter
 from syco.models.backbone import load_causal_lm, load_tokenizer, refusing_remote_code
 from syco.models.lora import REWARD_HEAD, attach_reward_head, check_adapter_folder, lora_config
@@ -42,8 +45,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class ActorCritic(torch.nn.Module):
     def __init__(self, peft: PeftModel, tokenizer: Any, model_cfg: Mapping[str, Any], has_reference: bool,
-                 value_head_std: float | None = None, seed: int = 0):
+                 value_head_std: float | None = None, seed: int = 0, share_prompts: bool = True,
+                 critic: str = "separate"):
         super().__init__()
+        self.critic = critic
+        self.share_prompts = share_prompts  # rows with one prompt run it once in every forward
         self.peft = peft
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"  # generation continues from the right edge
@@ -59,7 +65,8 @@ class ActorCritic(torch.nn.Module):
             torch.nn.init.normal_(head.weight, std=std)
             torch.nn.init.zeros_(head.bias)
         self.value_head = head.to(device=peft.get_base_model().device, dtype=torch.float32)
-        self._trainable = {POLICY: self._adapter_params(POLICY), VALUE: self._adapter_params(VALUE)}
+        self._trainable = {POLICY: self._adapter_params(POLICY),
+                           VALUE: self._adapter_params(VALUE) if critic == "separate" else []}
         self._frozen: dict[str, list[torch.nn.Parameter]] = {}
         if has_reference:
             self._frozen[REFERENCE] = self._adapter_params(REFERENCE)
@@ -69,7 +76,8 @@ class ActorCritic(torch.nn.Module):
     @classmethod
     def create(cls, model_cfg: Mapping[str, Any], lora: Mapping[str, Any] | None = None,
                init_adapter: str | Path | None = None, seed: int = 0, cache_dir: Path | None = None,
-               value_head_std: float | None = None) -> ActorCritic:
+               value_head_std: float | None = None, share_prompts: bool = True,
+               critic: str = "separate") -> ActorCritic:
         model_cfg = dict(model_cfg)
         # dropout off: the ratio of new to old log-probs must be exactly 1 before the first update
         lora_cfg = {**(model_cfg.get("lora") or {}), "dropout": 0.0, **dict(lora or {})}
@@ -87,9 +95,10 @@ class ActorCritic(torch.nn.Module):
                 peft.load_adapter(str(init_adapter), adapter_name=REFERENCE, is_trainable=False)
             else:
                 peft = get_peft_model(base, config, adapter_name=POLICY)
-            peft.add_adapter(VALUE, lora_config(lora_cfg, modules_to_save=()))
+            if critic == "separate":
+                peft.add_adapter(VALUE, lora_config(lora_cfg, modules_to_save=()))
         return cls(peft, tokenizer, model_cfg, has_reference=bool(init_adapter), value_head_std=value_head_std,
-                   seed=seed)
+                   seed=seed, share_prompts=share_prompts, critic=critic)
 
     def _adapter_params(self, name: str) -> list[torch.nn.Parameter]:
         params = [p for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n]
@@ -122,7 +131,8 @@ class ActorCritic(torch.nn.Module):
         return self.adapter(REFERENCE) if self.has_reference else self.peft.disable_adapter()
 
     def parameters_of(self, name: str) -> list[torch.nn.Parameter]:
-        """Trainable parameters of "policy" or "value" (the value head included)."""
+        """Trainable parameters of "policy" or "value" (the value head included; with the shared
+        critic only the head: the trunk is the policy's)."""
         return list(self._trainable[name]) + (list(self.value_head.parameters()) if name == VALUE else [])
 
     # forward ------------------------------------------------------------------------------------
@@ -134,18 +144,92 @@ class ActorCritic(torch.nn.Module):
                         temperature: float) -> torch.Tensor:
         """Logits / temperature [batch, n_response, vocab] that predict the last n_response tokens,
         from the active adapter (or the reference inside `reference()`)."""
-        out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                        use_cache=False, logits_to_keep=n_response + 1)
-        return out.logits[:, :-1].float() / temperature
+
+        def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache | None,
+                keep: int) -> tuple[torch.Tensor, ...]:
+            return (self.peft(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                              use_cache=cache is not None, logits_to_keep=keep).logits,)
+
+        return self._response_states(run, input_ids, attention_mask, n_response)[0].float() / temperature
 
     def response_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
-        """V(state before each of the last n_response tokens) [batch, n_response], value adapter."""
-        with self.adapter(VALUE):
-            base = self.peft.get_base_model()
-            decoder = getattr(base, base.base_model_prefix)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-        return self.value_head(hidden[:, -(n_response + 1):-1].float()).squeeze(-1)
+        """V(state before each of the last n_response tokens) [batch, n_response]: the value
+        adapter's forward (critic "separate") or the policy's (critic "shared")."""
+        base = self.peft.get_base_model()
+        decoder = getattr(base, base.base_model_prefix)
+
+        def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache | None,
+                keep: int) -> tuple[torch.Tensor, ...]:
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=cache is not None)
+            return (out.last_hidden_state[:, -keep:],)
+
+        with self.adapter(VALUE if self.critic == "separate" else POLICY):
+            hidden = self._response_states(run, input_ids, attention_mask, n_response)[0]
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def policy_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                       temperature: float, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the policy's `response_logits`, `response_values` or None): with the shared critic both
+        come from one forward of the policy (its last hidden state feeds the value head)."""
+        if not values or self.critic == "separate":
+            with self.adapter(POLICY):
+                logits = self.response_logits(input_ids, attention_mask, n_response, temperature)
+            return logits, self.response_values(input_ids, attention_mask, n_response) if values else None
+
+        def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache | None,
+                keep: int) -> tuple[torch.Tensor, ...]:
+            out = self.peft(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                            use_cache=cache is not None, logits_to_keep=keep, output_hidden_states=True)
+            return out.logits, out.hidden_states[-1][:, -keep:]  # the last one is after the final norm
+
+        with self.adapter(POLICY):
+            logits, hidden = self._response_states(run, input_ids, attention_mask, n_response)
+        return logits.float() / temperature, self.value_head(hidden.float()).squeeze(-1)
+
+    def shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache | None:
+        """For `generate` on rows that share prompts: the keys and values of every prompt token but
+        the last, computed once per distinct prompt (active adapter) and copied to its rows; None
+        when no prompt repeats (or `share_prompts` is off). The samples are what generate draws
+        without it (its random stream starts at the same decode step)."""
+        if not self.share_prompts or input_ids.shape[1] < 2:
+            return None
+        groups = prompt_groups(input_ids, attention_mask)
+        if groups is None:
+            return None
+        first, group = groups
+        cache = DynamicCache(config=self.peft.get_base_model().config)
+        mask = attention_mask[first, :-1]
+        self.peft(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=position_ids(mask), cache=cache,
+                  use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(group)
+        return cache
+
+    def _response_states(self, run: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         n_response: int) -> tuple[torch.Tensor, ...]:
+        """`run`'s outputs (each [batch, n_response, ...]) at the positions that predict the last
+        n_response tokens (the prompt's last token and every response token but the last).
+
+        Rows that share a prompt (samples_per_prompt > 1) run it once (`share_prompts`): one row
+        computes the prompt's keys and values, every row of the group attends to that copy, and only
+        the responses run per row; the same outputs and gradients up to rounding, with fewer tokens
+        forward and backward. Gradient checkpointing recomputes without a cache, so it runs each
+        row whole."""
+        pos = position_ids(attention_mask)
+        split = input_ids.shape[1] - n_response
+        groups = None
+        if self.share_prompts and split > 0 and not self.model_cfg.get("gradient_checkpointing"):
+            groups = prompt_groups(input_ids[:, :split], attention_mask[:, :split])
+        if groups is None:
+            return tuple(x[:, :-1] for x in run(input_ids, attention_mask, pos, None, n_response + 1))
+        first, group = groups
+        cache = DynamicCache(config=self.peft.get_base_model().config)
+        last = [x[group] for x in run(input_ids[first, :split], attention_mask[first, :split], pos[first, :split],
+                                      cache, 1)]
+        if n_response == 1:
+            return tuple(last)
+        cache.batch_select_indices(group)  # each row reads its prompt's keys and values (autograd follows)
+        rest = run(input_ids[:, split:-1], attention_mask[:, :-1], pos[:, split:-1], cache, n_response - 1)
+        return tuple(torch.cat([a, b], dim=1) for a, b in zip(last, rest))
 
     # PMs on the same base -----------------------------------------------------------------------
     def shares_base(self, pm_path: str | Path) -> bool:

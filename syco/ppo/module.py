@@ -264,11 +264,9 @@ class PPOModule(L.LightningModule):
         cfg, ac = self.cfg, self.ac
         n_resp = part.response_ids.shape[1]
         mask = part.response_mask
-        with ac.adapter(POLICY):
-            logits = ac.response_logits(part.input_ids, part.attention_mask, n_resp, cfg.temperature)
+        logits, values = ac.policy_outputs(part.input_ids, part.attention_mask, n_resp, cfg.temperature)
         logprobs = token_logprobs(logits, part.response_ids)
         pg_loss, pg = policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range, tokens)
-        values = ac.response_values(part.input_ids, part.attention_mask, n_resp)
         vf_loss, vf = value_loss(values, part.values, part.returns, mask, cfg.clip_range_value, tokens)
         with torch.no_grad():
             entropy = token_mean(entropy_from_logits(logits.detach()), mask, tokens)

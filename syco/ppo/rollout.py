@@ -135,8 +135,10 @@ def sample(ac: ActorCritic, prompts: Sequence[Prompt], max_new_tokens: int, temp
     ids, mask = batch["input_ids"].to(ac.device), batch["attention_mask"].to(ac.device)
     devices = [ac.device] if ac.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), ac.adapter("policy"):
+        # the samples of one prompt (samples_per_prompt > 1) prefill it once
+        cache = ac.shared_prefill(ids, mask)
         torch.manual_seed(seed)
-        seqs = ac.peft.generate(input_ids=ids, attention_mask=mask,
+        seqs = ac.peft.generate(input_ids=ids, attention_mask=mask, cache=cache,
                                 generation_config=sampling_config(ac, max_new_tokens, temperature))
     response = seqs[:, ids.shape[1]:]
     response_mask, has_stop = stop_mask(response, ac.stop_ids)
@@ -161,8 +163,7 @@ def evaluate(ac: ActorCritic, rollout: Rollout, temperature: float, batch_size: 
         sl = slice(start, start + batch_size)
         ids, mask = rollout.input_ids[sl], rollout.attention_mask[sl]
         tokens, rmask = rollout.response_ids[sl], rollout.response_mask[sl].float()
-        with ac.adapter("policy"):
-            logits = ac.response_logits(ids, mask, n_resp, temperature)
+        logits, value = ac.policy_outputs(ids, mask, n_resp, temperature, values=values)
         parts["logprobs"].append(token_logprobs(logits, tokens) * rmask)
         parts["entropy"].append(entropy_from_logits(logits) * rmask)
         del logits
@@ -170,8 +171,8 @@ def evaluate(ac: ActorCritic, rollout: Rollout, temperature: float, batch_size: 
             ref = ac.response_logits(ids, mask, n_resp, temperature)
         parts["ref_logprobs"].append(token_logprobs(ref, tokens) * rmask)
         del ref
-        if values:
-            parts["values"].append(ac.response_values(ids, mask, n_resp) * rmask)
+        if value is not None:
+            parts["values"].append(value * rmask)
     rollout.logprobs = torch.cat(parts["logprobs"])
     rollout.ref_logprobs = torch.cat(parts["ref_logprobs"])
     rollout.entropy = torch.cat(parts["entropy"])

@@ -65,7 +65,7 @@ def build(cfg: DictConfig) -> tuple[PPOModule, PPOConfig]:
     pm_path = ppo.pm
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     ac = ActorCritic.create(model_cfg, ppo.lora, ppo.init_adapter, seed=int(cfg.seed), cache_dir=cfg.cache_dir,
-                            value_head_std=ppo.value_head_std)
+                            value_head_std=ppo.value_head_std, share_prompts=ppo.share_prompts, critic=ppo.critic)
     pm = load_pm(ac, pm_path, "pm", ppo.pm_on_policy_base, cfg.cache_dir, ppo.trust_remote_code)
     gold = (load_pm(ac, ppo.gold_pm, "gold_pm", ppo.pm_on_policy_base, cfg.cache_dir, ppo.trust_remote_code)
             if ppo.gold_pm else None)
