@@ -288,7 +288,10 @@ def run_ppo(point: Mapping[str, Any], run_dir: Path) -> dict:
             "notes": {"response tokens": length, "generate s": phase.get("sample_s", 0.0),
                       "update s": phase.get("ppo_update_s", 0.0)},
             "extra": {**phase, "response_tokens": length, "timed_steps": timed, "warmup_steps": warmup,
-                      "pm_adapter": type(module.pm).__name__ == "SharedBasePM"}}
+                      "pm_adapter": type(module.pm).__name__ == "SharedBasePM",
+                      # the config's settings that set a step's work (conf/ppo/default.yaml at this commit)
+                      "ppo": {k: cfg.ppo.get(k) for k in ("ppo_epochs", "mini_batch_size", "samples_per_prompt",
+                                                          "critic", "share_prompts", "temperature")}}}
 
 
 def run_eval(point: Mapping[str, Any], run_dir: Path) -> dict:
