@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import syco.ppo.module as ppo_module
-from syco.core.advantages import gae, masked_whiten
+from syco.core.advantages import gae
 from syco.core.kl import kl_per_token
 from syco.core.ppo import token_rewards
 from syco.pm.model import PreferenceModel, load
@@ -31,7 +31,7 @@ from syco.ppo.prompts import belief_prompts, step_prompts
 from syco.ppo.rewards import RunningMoments, shape_scores
 from syco.ppo.rlhf import pm_cache_key
 from syco.ppo.rlhf import run as run_rlhf
-from syco.ppo.rollout import concat, evaluate, sample, sampling_config, stop_mask
+from syco.ppo.rollout import TemperatureSampler, concat, evaluate, sample, sampling_config, stop_mask
 from syco.ppo.training import Steps, build, run_ppo, trainer_for
 
 PROMPTS = [
@@ -113,14 +113,30 @@ def test_sampling_has_no_processor_but_temperature(built):
     lm = built.ac.peft.get_base_model()
     lm.generation_config.top_k, lm.generation_config.min_p = 7, 0.3  # defaults that must not leak in
     try:
-        config, _ = lm._prepare_generation_config(sampling_config(built.ac, 4, 0.7))
+        config, processors = sampling_config(built.ac, 4, 0.7)
+        config, _ = lm._prepare_generation_config(config)
         procs = lm._get_logits_processor(generation_config=config, input_ids_seq_length=3,
                                          encoder_input_ids=torch.zeros(1, 3, dtype=torch.long), device="cpu")
     finally:
         lm.generation_config.top_k, lm.generation_config.min_p = None, None
-    names = [type(p).__name__ for p in procs]
-    assert names[0] == "TemperatureLogitsWarper" and set(names[1:]) <= {"MinPLogitsWarper"}
-    assert config.top_k == 0 and config.top_p == 1.0 and config.min_p == 0.0  # min_p 0 keeps every token
+    assert not config.do_sample and len(procs) == 0  # generate's own processors: none
+    assert [type(p).__name__ for p in processors] == ["TemperatureSampler"] and processors[0].temperature == 0.7
+    assert len(sampling_config(built.ac, 4, 0.0)[1]) == 0  # temperature 0: greedy
+
+
+def test_temperature_sampler_draws_from_the_tempered_softmax():
+    scores = torch.tensor([[2.0, 1.0, 0.0, -torch.inf, -1.0]]).repeat(40_000, 1)
+    torch.manual_seed(0)
+    out = TemperatureSampler(0.5)(torch.zeros(1, 1, dtype=torch.long), scores)
+    drawn = out.argmax(-1)
+    assert ((out == 0).sum(-1) == 1).all() and torch.isinf(out).sum() == out.numel() - len(out)
+    freq = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    expected = torch.softmax(scores[0] / 0.5, -1)
+    assert freq[3] == 0 and torch.allclose(freq, expected, atol=0.01), (freq, expected)
+    torch.manual_seed(0)
+    assert torch.equal(TemperatureSampler(0.5)(None, scores).argmax(-1), drawn)  # the global stream decides
+    with pytest.raises(ValueError, match="temperature > 0"):
+        TemperatureSampler(0.0)
 
 
 def test_shared_prompt_forward_equals_whole_rows(tiny_model_cfg):
@@ -328,8 +344,10 @@ def test_ppo_loss_moves_the_policy_towards_rewarded_responses(built):
     r = module.rollout(PROMPTS * 2, seed=0, max_new_tokens=3)
     mask = r.response_mask.float()
     scores = torch.tensor([1.0, -1.0] * 4)
-    adv, r.returns = gae(token_rewards(scores, torch.zeros_like(mask), mask, 0.0), r.values, mask, 1.0, 0.95)
-    r.advantages = masked_whiten(adv, mask)
+    _, r.returns = gae(token_rewards(scores, torch.zeros_like(mask), mask, 0.0), r.values, mask, 1.0, 0.95)
+    # each row's score as every token's advantage: GAE's with an untrained value head can be of
+    # either sign on a rewarded row, which would test the value head's luck rather than the loss
+    r.advantages = scores[:, None] * mask
     optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=3e-3)
     for _ in range(8):
         loss, stats = module._loss(r)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from syco.core.ppo import entropy_from_logits
 from syco.data.chat import Prompt
@@ -112,17 +112,34 @@ def stop_mask(response_ids: torch.Tensor, stop_ids: Sequence[int]) -> tuple[torc
     return (before == 0).long(), is_stop.any(dim=1)
 
 
-def sampling_config(ac: ActorCritic, max_new_tokens: int, temperature: float) -> GenerationConfig:
-    """Pure sampling from softmax(logits / temperature): no top-k, top-p, repetition penalty or
-    other processor (a value left unset would be filled from the model's or the library's defaults,
-    e.g. top_k=50). temperature 0: greedy."""
-    common = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, max_new_tokens=max_new_tokens,
-                  eos_token_id=list(ac.stop_ids), pad_token_id=ac.tokenizer.pad_token_id, use_cache=True)
-    if temperature <= 0:
-        return GenerationConfig(do_sample=False, **common)
-    # min_p=0 is a no-op filter; None would be filled in from the model's generation config
-    return GenerationConfig(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0, min_p=0.0,
-                            typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, **common)
+class TemperatureSampler(LogitsProcessor):
+    """Pure sampling from softmax(scores / temperature) by inverse CDF, one uniform per row from the
+    global random stream (torch.multinomial, generate's sampler, draws an exponential per vocabulary
+    entry: several times slower on CPU at a 50k vocabulary). Returns 0 at the drawn token and -inf
+    elsewhere, so generate's greedy step takes it."""
+
+    def __init__(self, temperature: float):
+        if not temperature > 0:
+            raise ValueError(f"TemperatureSampler needs a temperature > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cdf = torch.softmax(scores.float() / self.temperature, dim=-1).cumsum(dim=-1)
+        # u in (0, total]: the first entry whose cdf reaches u has a probability > 0
+        u = (1.0 - torch.rand(cdf.shape[0], 1, device=cdf.device)) * cdf[:, -1:]
+        drawn = torch.searchsorted(cdf, u).clamp(max=cdf.shape[1] - 1)
+        return torch.full_like(scores, -torch.inf).scatter_(1, drawn, 0.0)
+
+
+def sampling_config(ac: ActorCritic, max_new_tokens: int, temperature: float) -> tuple[GenerationConfig, LogitsProcessorList]:
+    """(generation config, logits processors) for pure sampling from softmax(logits / temperature):
+    no top-k, top-p, repetition penalty or other processor (generate is greedy over
+    `TemperatureSampler`'s draw; a value left unset would be filled from the model's or the
+    library's defaults, e.g. top_k=50). temperature 0: greedy."""
+    config = GenerationConfig(do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
+                              max_new_tokens=max_new_tokens, eos_token_id=list(ac.stop_ids),
+                              pad_token_id=ac.tokenizer.pad_token_id, use_cache=True)
+    return config, LogitsProcessorList([TemperatureSampler(temperature)] if temperature > 0 else [])
 
 
 @torch.no_grad()
@@ -138,8 +155,9 @@ def sample(ac: ActorCritic, prompts: Sequence[Prompt], max_new_tokens: int, temp
         # the samples of one prompt (samples_per_prompt > 1) prefill it once
         cache = ac.shared_prefill(ids, mask)
         torch.manual_seed(seed)
-        seqs = ac.peft.generate(input_ids=ids, attention_mask=mask, cache=cache,
-                                generation_config=sampling_config(ac, max_new_tokens, temperature))
+        config, processors = sampling_config(ac, max_new_tokens, temperature)
+        seqs = ac.peft.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config,
+                                logits_processor=processors)
     response = seqs[:, ids.shape[1]:]
     response_mask, has_stop = stop_mask(response, ac.stop_ids)
     # the stop token is kept as an action but is not part of the text the PM reads
