@@ -22,7 +22,7 @@ from syco.data.samples import SampleStore
 from syco.eval import sources as S
 from syco.eval.judges import DEFAULT_MAX_ERROR_RATE, CachedJudge
 from syco.eval.tasks import stage_request, temperature
-from syco.policy import Policy
+from syco.policy import Policy, check_max_rows
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
     samples are all stored is skipped (its samples are written together, see SampleStore.put_many)."""
     n = int(gen.get("samples_per_prompt", 1))
     chunk = max(chunk, int(gen.get("batch_size", 16)))
+    max_rows = gen.get("max_rows_per_call")
+    check_max_rows(max_rows, "eval.generation.max_rows_per_call")
     for stage in range(stages):
         units: dict[float, list[tuple[EvalRecord, list[int]]]] = {}
         for r in records:
@@ -112,7 +114,7 @@ def generate(records: list[EvalRecord], stages: int, policy: Policy, store: Samp
                         continue  # stored by an earlier run
                     outs = policy.generate([stage_request(r, store.responses(r, g[0])) for r, g in calls],
                                            temperature=temp, max_new_tokens=int(gen["max_new_tokens"]), n=draws,
-                                           batch_size=int(gen.get("batch_size", 16)),
+                                           batch_size=int(gen.get("batch_size", 16)), max_rows_per_call=max_rows,
                                            top_k=int(gen.get("top_k") or 0), top_p=float(gen.get("top_p") or 1.0),
                                            stop_strings=["\n"] if gen.get("stop_at_newline") else None,
                                            seed=int(gen.get("seed", 0)) + stage * 7919 + start * 31 + draws,
