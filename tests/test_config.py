@@ -396,6 +396,7 @@ def test_train_values_that_cannot_run(overrides, problem, tmp_path):
     (["eval.generation.max_new_tokens=0"], "eval.generation.max_new_tokens=0: must be an integer >= 1"),
     (["eval.generation.samples_per_prompt=0"], "eval.generation.samples_per_prompt=0: must be an integer >= 1"),
     (["eval.generation.batch_size=0"], "eval.generation.batch_size=0: must be an integer >= 1"),
+    (["eval.generation.max_rows_per_call=0"], "eval.generation.max_rows_per_call=0: must be an integer >= 1 (or null)"),
     (["eval.generation.temperature_free=-1"], "eval.generation.temperature_free=-1: must be a finite number >= 0"),
     (["eval.generation.top_p=0"], "eval.generation.top_p=0: must be a finite number > 0 and <= 1"),
     (["eval.on_bad_row=ignore"], "eval.on_bad_row=ignore: must be one of error, skip"),

@@ -423,6 +423,8 @@ def check_eval_config(cfg: Mapping[str, Any]) -> None:
     for key in ("max_new_tokens", "samples_per_prompt", "batch_size"):
         c.integer(f"eval.generation.{key}", 1)
     c.integer("eval.generation.max_new_tokens_texts", 1, optional=True)
+    c.integer("eval.generation.max_rows_per_call", 1, optional=True,
+              todo="e.g. eval.generation.max_rows_per_call=128 (null: one seeded group a call)")
     for key in ("temperature_free", "temperature_mc", "temperature_attribution"):
         c.number(f"eval.generation.{key}", 0.0, optional=True, todo=f"e.g. eval.generation.{key}=1.0 (0: greedy)")
     c.integer("eval.generation.top_k", 0, todo="e.g. eval.generation.top_k=0 (off)")
