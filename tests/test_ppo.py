@@ -281,6 +281,12 @@ def test_shared_critic_reads_values_off_the_policy_forward_and_trains_both(tmp_p
             fit(module, cfg, ppo)  # a whole step runs
             assert module.ppo_step == 1
     assert forwards == {"separate": 3, "shared": 2}
+    saved: dict = {"state_dict": {}}
+    module.on_save_checkpoint(saved)  # the shared-critic module of the loop
+    assert saved["ppo"]["critic"] == "shared"
+    module.cfg = dataclasses.replace(module.cfg, critic="separate")
+    with pytest.raises(ValueError, match="written with ppo.critic=shared.*resume with ppo.critic=shared"):
+        module.on_load_checkpoint(saved)
     with pytest.raises(ValueError, match="critic must be one of"):
         PPOConfig.from_mapping({"critic": "joint"})
 

@@ -374,12 +374,18 @@ class PPOModule(L.LightningModule):
         keep = {name for name, p in self.named_parameters() if id(p) in ids}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["ppo"] = {"step": self.ppo_step, "kl_controller": self.kl_ctl.state_dict(),
-                             "running_scores": self.running.state_dict(), "eval_history": self.eval_history}
+                             "running_scores": self.running.state_dict(), "eval_history": self.eval_history,
+                             "critic": self.cfg.critic}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("ppo")
         if state is None:
             raise ValueError("this checkpoint has no PPO state: it was not written by task=ppo")
+        # the checkpoint holds only the trainable weights: another critic would resume with a fresh one
+        saved = state.get("critic", "separate")
+        if saved != self.cfg.critic:
+            raise ValueError(f"this checkpoint was written with ppo.critic={saved}, the run now asks for "
+                             f"ppo.critic={self.cfg.critic}: resume with ppo.critic={saved}")
         self.ppo_step = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.running.load_state_dict(state["running_scores"])
