@@ -176,6 +176,10 @@ def test_losses_of_row_parts_add_up_to_the_mini_batch_token_mean():
 def test_entropy():
     assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([100.0, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(0))
+    whole = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
+    assert torch.allclose(entropy_from_logits(logits, chunk=4), whole, atol=1e-6)  # chunks of positions
+    assert entropy_from_logits(logits, chunk=4).shape == (3, 7)
 
 
 def test_leave_one_out_baseline_by_hand():

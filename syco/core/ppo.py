@@ -55,7 +55,13 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of the categorical distribution given by logits [..., vocab]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def entropy_from_logits(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Per-position entropy of the categorical distribution given by logits [..., vocab], `chunk`
+    positions at a time: a full-vocabulary softmax makes three [positions, vocab] temporaries, and
+    PPO takes it over every response token while the update's graph is held."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    parts = []
+    for start in range(0, flat.shape[0], chunk):
+        logp = torch.log_softmax(flat[start:start + chunk].float(), dim=-1)
+        parts.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(parts).reshape(logits.shape[:-1])
