@@ -144,13 +144,8 @@ class ActorCritic(torch.nn.Module):
                         temperature: float) -> torch.Tensor:
         """Logits / temperature [batch, n_response, vocab] that predict the last n_response tokens,
         from the active adapter (or the reference inside `reference()`)."""
-
-        def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache | None,
-                keep: int) -> tuple[torch.Tensor, ...]:
-            return (self.peft(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                              use_cache=cache is not None, logits_to_keep=keep).logits,)
-
-        return self._response_states(run, input_ids, attention_mask, n_response)[0].float() / temperature
+        logits = self._response_states(self._lm(hidden=False), input_ids, attention_mask, n_response)[0]
+        return logits.float() / temperature
 
     def response_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
         """V(state before each of the last n_response tokens) [batch, n_response]: the value
@@ -176,15 +171,21 @@ class ActorCritic(torch.nn.Module):
                 logits = self.response_logits(input_ids, attention_mask, n_response, temperature)
             return logits, self.response_values(input_ids, attention_mask, n_response) if values else None
 
+        with self.adapter(POLICY):
+            logits, hidden = self._response_states(self._lm(hidden=True), input_ids, attention_mask, n_response)
+        return logits.float() / temperature, self.value_head(hidden.float()).squeeze(-1)
+
+    def _lm(self, hidden: bool) -> Any:
+        """The causal LM as `_response_states` runs it: (logits,) or (logits, last hidden state) of
+        the last `keep` positions (the last hidden state is after the final norm)."""
+
         def run(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache | None,
                 keep: int) -> tuple[torch.Tensor, ...]:
             out = self.peft(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                            use_cache=cache is not None, logits_to_keep=keep, output_hidden_states=True)
-            return out.logits, out.hidden_states[-1][:, -keep:]  # the last one is after the final norm
+                            use_cache=cache is not None, logits_to_keep=keep, output_hidden_states=hidden)
+            return (out.logits, out.hidden_states[-1][:, -keep:]) if hidden else (out.logits,)
 
-        with self.adapter(POLICY):
-            logits, hidden = self._response_states(run, input_ids, attention_mask, n_response)
-        return logits.float() / temperature, self.value_head(hidden.float()).squeeze(-1)
+        return run
 
     def shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache | None:
         """For `generate` on rows that share prompts: the keys and values of every prompt token but
